@@ -1,0 +1,233 @@
+"""Public functional VMI-SA: validation, dtype policy and backend dispatch.
+
+``vmisa_scan`` is the causal / recurrent form (paper Eq. 9), ``vmisa_global`` the
+non-causal matrix form (Eq. 10). See ``DESIGN.md`` §1 for the exact math.
+"""
+from __future__ import annotations
+
+import os
+from typing import Union
+
+import torch
+from torch import Tensor
+
+from . import chunk, naive
+
+BACKENDS = ("auto", "naive", "torch", "triton")
+BACKEND_ENV = "VMISEQ_BACKEND"  # forces a backend for every call with backend="auto"
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 for float64 inputs, float32 for float32 and half types."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _describe(x: Tensor) -> str:
+    return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+
+
+def _require_tensor(name: str, x, expected: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected {expected}, got {type(x).__name__}")
+
+
+def _require_float(name: str, x: Tensor) -> None:
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+
+
+def _require_device(name: str, x: Tensor, ref: Tensor) -> None:
+    if x.device != ref.device:
+        raise ValueError(f"{name}: expected a tensor on {ref.device} (the device of q), got one on {x.device}")
+
+
+def _check_qv(q: Tensor, v: Tensor) -> None:
+    _require_tensor("q", q, "a (B, L, D) tensor")
+    _require_tensor("v", v, "a (B, L, D) tensor")
+    if q.dim() != 3:
+        raise ValueError(f"q: expected a 3-D (B, L, D) tensor, got {q.dim()}-D with shape {tuple(q.shape)}")
+    if v.shape != q.shape:
+        raise ValueError(f"v: expected the shape of q {tuple(q.shape)}, got {tuple(v.shape)}")
+    _require_float("q", q)
+    _require_float("v", v)
+    _require_device("v", v, q)
+
+
+def _per_token(name: str, x: Tensor, q: Tensor, allow_table: bool) -> Tensor:
+    """(L,), (B, L) or (B, L, D) -> (B|1, L, 1|D), validated against q (B, L, D)."""
+    B, L, D = q.shape
+    _require_tensor(name, x, "a tensor")
+    _require_float(name, x)
+    _require_device(name, x, q)
+    if allow_table and x.dim() == 1:
+        if x.shape[0] != L:
+            raise ValueError(f"{name}: expected a (L,) table with L={L}, got shape {tuple(x.shape)}")
+        return x.reshape(1, L, 1)
+    if x.dim() == 2:
+        if tuple(x.shape) != (B, L):
+            raise ValueError(f"{name}: expected shape (B, L) = {(B, L)}, got {tuple(x.shape)}")
+        return x.unsqueeze(-1)
+    if x.dim() == 3:
+        if tuple(x.shape) != (B, L, D):
+            raise ValueError(f"{name}: expected shape (B, L, D) = {(B, L, D)}, got {tuple(x.shape)}")
+        return x
+    shapes = "(L,), (B, L) or (B, L, D)" if allow_table else "(B, L) or (B, L, D)"
+    raise ValueError(f"{name}: expected shape {shapes} with (B, L, D) = {(B, L, D)}, got {tuple(x.shape)}")
+
+
+def _channel_param(name: str, x, q: Tensor) -> Tensor:
+    """A scalar (python number, 0-d or 1-element tensor) or a (D,) tensor."""
+    D = q.shape[-1]
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return torch.tensor(float(x), dtype=acc_dtype(q.dtype), device=q.device)
+    _require_tensor(name, x, "a scalar tensor or a (D,) tensor")
+    _require_float(name, x)
+    _require_device(name, x, q)
+    if x.dim() == 0 or (x.dim() == 1 and x.shape[0] == 1 and D != 1):
+        return x.reshape(())
+    if x.dim() == 1 and x.shape[0] == D:
+        return x
+    raise ValueError(f"{name}: expected a scalar tensor or shape (D,) = ({D},), got shape {tuple(x.shape)}")
+
+
+def _positions(offset, q: Tensor) -> Tensor:
+    """offset: int or (B,) integer tensor -> (B|1, 1) int64 absolute positions."""
+    B = q.shape[0]
+    if isinstance(offset, bool):
+        raise TypeError(f"offset: expected an int or a (B,) integer tensor, got bool")
+    if isinstance(offset, int):
+        if offset < 0:
+            raise ValueError(f"offset: expected a non-negative position, got {offset}")
+        return torch.full((1, 1), offset, dtype=torch.long, device=q.device)
+    _require_tensor("offset", offset, "an int or a (B,) integer tensor")
+    if offset.is_floating_point() or offset.dtype == torch.bool:
+        raise TypeError(f"offset: expected an integer tensor, got dtype {offset.dtype}")
+    if offset.dim() == 0:
+        offset = offset.reshape(1)
+    if offset.dim() != 1 or offset.shape[0] not in (1, B):
+        raise ValueError(f"offset: expected an int or shape (B,) = ({B},), got shape {tuple(offset.shape)}")
+    _require_device("offset", offset, q)
+    if bool((offset < 0).any()):
+        raise ValueError("offset: expected non-negative positions, got a negative value")
+    return offset.to(torch.long).reshape(-1, 1)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``backend`` (and the ``VMISEQ_BACKEND`` environment variable) to a concrete backend."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        forced = os.environ.get(BACKEND_ENV, "").strip().lower()
+        if forced and forced != "auto":
+            if forced not in BACKENDS:
+                raise ValueError(f"{BACKEND_ENV}: expected one of {BACKENDS}, got {forced!r}")
+            return forced
+        if device.type == "cuda":
+            from .. import kernels  # noqa: F401  (lazy: CPU paths never import triton)
+
+            if kernels.triton_available():
+                return "triton"
+        return "torch"
+    return backend
+
+
+def vmisa_scan(
+    q: Tensor,
+    v: Tensor,
+    alpha: Tensor,
+    beta: Union[Tensor, float],
+    *,
+    initial_state: Tensor | None = None,
+    offset: Union[int, Tensor] = 0,
+    rank_mask: bool = True,
+    decay: Tensor | None = None,
+    output_final_state: bool = False,
+    backend: str = "auto",
+):
+    """Causal VMI-SA (paper Eq. 9), optionally with a decay gate.
+
+    ``h_t = a_t * h_{t-1} + alpha_t * (q_t * v_t)``, ``y_t = M_t * h_t + beta * (q_t * v_t)``
+    with ``M[t, c] = [c <= offset + t]`` (the rank mask, Eq. 8) and ``a_t = decay_t`` (1 when
+    ``decay`` is None: the paper's plain prefix sum).
+
+    Args:
+        q, v: (B, L, D) floating tensors.
+        alpha: (B, L) or (B, L, D) per-token weights, or an (L,) position table.
+        beta: scalar tensor (or number) or (D,) tensor: weight of the direct path.
+        initial_state: (B, D) state entering the first token (zeros if None).
+        offset: absolute position of the first token (int, or (B,) tensor per sequence).
+        rank_mask: apply M (paper v2); False gives paper v1.
+        decay: None, or (B, L) / (B, L, D) values in (0, 1] multiplying h_{t-1}.
+        output_final_state: also return the (B, D) state after the last token.
+        backend: "auto", "naive" (reference loop), "torch" (chunked, CPU default) or "triton".
+
+    Returns:
+        y (B, L, D) in q's dtype, or (y, final_state) with final_state (B, D) in the
+        accumulation dtype (float64 for float64 inputs, float32 otherwise).
+    """
+    _check_qv(q, v)
+    B, L, D = q.shape
+    acc = acc_dtype(q.dtype)
+    alpha_n = _per_token("alpha", alpha, q, allow_table=True).to(acc)
+    beta_n = _channel_param("beta", beta, q).to(acc)
+    decay_n = None if decay is None else _per_token("decay", decay, q, allow_table=False).to(acc)
+    positions = _positions(offset, q)
+    if initial_state is None:
+        h0 = q.new_zeros(B, D, dtype=acc)
+    else:
+        _require_tensor("initial_state", initial_state, "a (B, D) tensor")
+        _require_float("initial_state", initial_state)
+        if tuple(initial_state.shape) != (B, D):
+            raise ValueError(
+                f"initial_state: expected shape (B, D) = {(B, D)}, got {tuple(initial_state.shape)}"
+            )
+        _require_device("initial_state", initial_state, q)
+        h0 = initial_state.to(acc)
+    name = resolve_backend(backend, q.device)
+
+    if L == 0:
+        y, final = q.new_zeros(B, 0, D), h0
+    elif name == "triton":
+        from ..kernels import vmisa_scan_triton
+
+        y, final = vmisa_scan_triton(q, v, alpha_n, beta_n, h0, positions, rank_mask, decay_n)
+    else:
+        z = q.to(acc) * v.to(acc)
+        fn = naive.scan_naive if name == "naive" else chunk.scan_chunk
+        y, final = fn(z, alpha_n, beta_n, h0, positions, rank_mask, decay_n)
+        y = y.to(q.dtype)
+    return (y, final) if output_final_state else y
+
+
+def vmisa_global(
+    q: Tensor,
+    v: Tensor,
+    alpha: Tensor,
+    beta0: Union[Tensor, float],
+    beta1: Union[Tensor, float],
+    *,
+    rank_mask: bool = True,
+    backend: str = "auto",
+) -> Tensor:
+    """Non-causal VMI-SA (paper Eq. 10), as the official VMINet v2 computes it.
+
+    ``s = sum_t alpha_t * (M_t * z_t)`` with ``z = q * v`` and the rank mask applied to each
+    token's contribution; ``y_t = beta0 * s + beta1 * z_t``.
+
+    Args:
+        q, v: (B, L, D). alpha: (L,) table, (B, L) or (B, L, D).
+        beta0, beta1: scalars or (D,) tensors. rank_mask: v2 (True) or v1 (False).
+        backend: "naive" (double loop) or "torch"/"auto" (vectorised).
+
+    Returns:
+        y (B, L, D) in q's dtype.
+    """
+    _check_qv(q, v)
+    acc = acc_dtype(q.dtype)
+    alpha_n = _per_token("alpha", alpha, q, allow_table=True).to(acc)
+    b0 = _channel_param("beta0", beta0, q).to(acc)
+    b1 = _channel_param("beta1", beta1, q).to(acc)
+    name = resolve_backend(backend, q.device)
+    z = q.to(acc) * v.to(acc)
+    fn = naive.global_naive if name == "naive" else chunk.global_chunk
+    return fn(z, alpha_n, b0, b1, rank_mask).to(q.dtype)
