@@ -13,4 +13,16 @@ from .ops import vmisa_global, vmisa_scan
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "VMISALayer", "VMISABlock", "VMISAState", "vmisa_scan", "vmisa_global", "__version__"]
+_MODEL_NAMES = ("create_model", "list_models", "VMISAConfig", "VMISAForCausalLM", "VMISAForecaster", "VMINet")
+
+
+def __getattr__(name: str):
+    # Models load lazily: ``import vmiseq`` never pulls in tokenizers, safetensors, ...
+    if name in _MODEL_NAMES:
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'vmiseq' has no attribute {name!r}")
+
+
+__all__ = [*_MODEL_NAMES, "ops", "VMISALayer", "VMISABlock", "VMISAState", "vmisa_scan", "vmisa_global", "__version__"]

@@ -1,0 +1,32 @@
+"""Models built from VMI-SA blocks: VMINet (vision), the causal LM, the forecaster.
+
+Names are resolved lazily so ``import vmiseq`` stays light and each model module only
+loads what it needs.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    # vision (registry of named variants, timm-style)
+    "create_model": "registry",
+    "list_models": "registry",
+    "register_model": "registry",
+    "VMINet": "vminet",
+    "VMINetConfig": "vminet",
+    # language modelling
+    "VMISAConfig": "lm",
+    "VMISAForCausalLM": "lm",
+    # time series
+    "VMISAForecaster": "forecaster",
+    "ForecasterConfig": "forecaster",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
