@@ -61,6 +61,7 @@ class VMISALayer(nn.Module):
         beta_per_channel: learn beta as a (D,) vector instead of a scalar.
         alpha_init: initial value of alpha for the "input" and "constant" modes.
         backend: operator backend ("auto", "naive", "torch", "triton").
+        out_norm: BatchNorm2d after ``g`` (official VMINet v1; images only, ``conv_dims=2``).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class VMISALayer(nn.Module):
         beta_per_channel: bool = False,
         alpha_init: float = 0.1,
         backend: str = "auto",
+        out_norm: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(dim, int) or dim <= 0:
@@ -135,6 +137,9 @@ class VMISALayer(nn.Module):
         self.f12 = nn.Linear(dim, 2 * D)  # f1 and f2 fused in one matmul
         self.g = nn.Linear(D, dim)
         self.drop = nn.Dropout(dropout)
+        if out_norm and conv_dims != 2:
+            raise ValueError(f"out_norm: the BatchNorm after g is for images (conv_dims=2), got conv_dims={conv_dims}")
+        self.out_norm = nn.BatchNorm2d(dim) if out_norm else None
 
         if alpha == "position":
             self.alpha_table = nn.Parameter(torch.empty(max_len))
@@ -315,10 +320,39 @@ class VMISALayer(nn.Module):
         y = vmisa_global(
             q, v, self._alpha(u, None, grid), self.beta0, self.beta1, rank_mask=self.rank_mask, backend=self.backend
         )
-        out = self.drop(self.g(F.relu6(y)))
-        if grid is not None:
-            return rearrange(out, "b (h w) c -> b c h w", h=grid[0], w=grid[1])
-        return out
+        out = self.g(F.relu6(y))
+        if grid is None:
+            return self.drop(out)
+        # (B, L, C) -> (B, C, H, W) is a free view in channels_last memory format.
+        out = rearrange(out, "b (h w) c -> b c h w", h=grid[0], w=grid[1])
+        if self.out_norm is not None:
+            out = self.out_norm(out)
+        return self.drop(out)
+
+    @torch.no_grad()
+    def fuse(self) -> "VMISALayer":
+        """Fold the BatchNorms of an image layer into the convs around them, for deployment.
+
+        ``conv -> norm`` becomes one depthwise conv and ``g -> out_norm`` one Linear, using
+        the running statistics: outputs in eval mode are unchanged (up to rounding), one
+        full pass over the activations per norm is saved. The layer is left in eval mode and
+        must not be trained afterwards (the batch statistics are gone). Returns ``self``.
+        """
+        if self.conv_dims != 2:
+            raise ValueError(f"fuse: only image layers (conv_dims=2) fuse their BatchNorms, got conv_dims={self.conv_dims}")
+        self.eval()
+        if isinstance(self.norm, nn.BatchNorm2d):
+            scale, shift = _bn_affine(self.norm)
+            self.conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+            self.conv.bias.copy_(self.conv.bias * scale + shift)
+            self.norm = nn.Identity()
+        if self.out_norm is not None:
+            scale, shift = _bn_affine(self.out_norm)
+            self.g.weight.mul_(scale.reshape(-1, 1))
+            self.g.bias.copy_(self.g.bias * scale + shift)
+            self.out_norm = None
+        self.fused = True
+        return self
 
     def step(self, x_t: Tensor, state: VMISAState) -> tuple[Tensor, VMISAState]:
         """Advance one token: x_t (B, C) -> (y_t (B, C), new state). Cost independent of position."""
@@ -333,6 +367,17 @@ class VMISALayer(nn.Module):
             f"dim={self.dim}, inner={self.inner}, causal={self.causal}, alpha={self.alpha_mode!r}, "
             f"decay={self.decay_mode!r}, rank_mask={self.rank_mask}, kernel={self.kernel}"
         )
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Eval-mode BatchNorm as ``x * scale + shift`` per channel."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
 
 
 def resize_alpha_table(table: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
