@@ -1,6 +1,13 @@
 """nn.Modules built on the VMI-SA operator."""
+from .attention import CausalSelfAttention, KVCache
 from .block import MLP, DropPath, VMISABlock
+from .gla import GatedLinearAttention, GLAState
 from .state import VMISAState
 from .vmisa import VMISALayer, resize_alpha_table
 
-__all__ = ["VMISALayer", "VMISABlock", "VMISAState", "DropPath", "MLP", "resize_alpha_table"]
+__all__ = [
+    "CausalSelfAttention",
+    "KVCache",
+    "GatedLinearAttention",
+    "GLAState",
+    "VMISALayer", "VMISABlock", "VMISAState", "DropPath", "MLP", "resize_alpha_table"]

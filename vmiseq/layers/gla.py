@@ -1,0 +1,227 @@
+"""Multi-head gated linear attention (GLA) with a forget gate: the linear-attention baseline.
+
+The "Mamba-inspired linear attention" of MILA / GLA (Yang et al. 2024): per head a matrix
+state S (dk x dv) that forgets through a data-dependent gate and adds the key-value product,
+
+    S_t = diag(a_t) S_{t-1} + k_t^T v_t ,     o_t = q_t S_t
+    y_t = W_o( RMSNorm(o_t) * SiLU(W_g x_t) )
+
+with a_t = sigmoid(W_a x_t)^(1/16) in (0, 1) per (head, key channel). Training runs a chunked
+parallel form (intra-chunk matmuls, a short loop over chunks); decoding carries S: O(1) state.
+Same API as ``VMISALayer``: ``forward(x, state=None, output_state=False)``, ``init_state``, ``step``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+GATE_TEMPERATURE = 16.0  # GLA's normaliser: log a = logsigmoid(.) / 16 keeps forgetting slow
+MIN_LOG_DECAY = -4.0  # per-token clamp: exp(+-64) over a 16-token chunk stays inside float32
+CHUNK = 16
+
+
+@dataclass
+class GLAState:
+    """Streaming state of a GLA layer; its size never grows.
+
+    Attributes:
+        conv: (B, C, K-1) last inputs of the short causal convolution.
+        S: (B, H, dk, dv) float32 key-value memory.
+        position: (B,) int64 absolute position of the next token.
+    """
+
+    conv: Tensor
+    S: Tensor
+    position: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.S.shape[0]
+
+    def detach(self) -> "GLAState":
+        return GLAState(self.conv.detach(), self.S.detach(), self.position.clone())
+
+    def to(self, device=None) -> "GLAState":
+        return GLAState(self.conv.to(device), self.S.to(device), self.position.to(device))
+
+    def select(self, index: Tensor) -> "GLAState":
+        return GLAState(self.conv[index], self.S[index], self.position[index])
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.conv, self.S, self.position))
+
+    @staticmethod
+    def cat(states: list["GLAState"]) -> "GLAState":
+        return GLAState(
+            torch.cat([s.conv for s in states]),
+            torch.cat([s.S for s in states]),
+            torch.cat([s.position for s in states]),
+        )
+
+
+def gla_naive(q: Tensor, k: Tensor, v: Tensor, log_a: Tensor, S0: Tensor) -> tuple[Tensor, Tensor]:
+    """Reference loop. q, k, log_a (B, H, L, dk), v (B, H, L, dv), S0 (B, H, dk, dv)."""
+    S, outs = S0, []
+    for t in range(q.shape[2]):
+        S = log_a[:, :, t].exp().unsqueeze(-1) * S + k[:, :, t].unsqueeze(-1) * v[:, :, t].unsqueeze(-2)
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, :, t], S))
+    o = torch.stack(outs, dim=2) if outs else v.new_zeros(v.shape)
+    return o, S
+
+
+def gla_chunk(q: Tensor, k: Tensor, v: Tensor, log_a: Tensor, S0: Tensor, chunk: int = CHUNK) -> tuple[Tensor, Tensor]:
+    """Chunked parallel GLA, same contract as :func:`gla_naive` (inputs in float32).
+
+    Within a chunk the decay between tokens i >= j is exp(A_i - A_j) with A the in-chunk
+    cumulative log decay, folded into q (times exp(A_i)) and k (times exp(-A_j)); the clamp
+    on log a bounds both factors. Across chunks the state is carried by a loop over chunks.
+    """
+    B, H, L, dk = q.shape
+    dv = v.shape[-1]
+    n = -(-L // chunk)
+    pad = n * chunk - L
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        log_a = F.pad(log_a, (0, 0, 0, pad))  # log 1 = 0: padding neither decays nor adds
+    q, k, v, log_a = (t.reshape(B, H, n, chunk, t.shape[-1]) for t in (q, k, v, log_a))
+    A = torch.cumsum(log_a, dim=3)  # (B, H, n, C, dk)
+    A_last = A[:, :, :, -1:]  # (B, H, n, 1, dk)
+    q_in = q * A.exp()
+    k_in = k * (-A).exp()
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril_()
+    att = (q_in @ k_in.transpose(-1, -2)).masked_fill_(~causal, 0.0)
+    o = att @ v  # (B, H, n, C, dv) intra-chunk part
+    k_out = k * (A_last - A).exp()  # decay from token j to the chunk's end
+    dS = k_out.transpose(-1, -2) @ v  # (B, H, n, dk, dv)
+    chunk_decay = A_last.squeeze(3).exp().unsqueeze(-1)  # (B, H, n, dk, 1)
+    S, enter = S0, []
+    for i in range(n):
+        enter.append(S)
+        S = chunk_decay[:, :, i] * S + dS[:, :, i]
+    o = o + q_in @ torch.stack(enter, dim=2)  # inter-chunk part
+    return o.reshape(B, H, n * chunk, dv)[:, :, :L], S
+
+
+class GatedLinearAttention(nn.Module):
+    """Multi-head gated linear attention token mixer.
+
+    Args:
+        dim: channels C. n_heads: heads. expand_k / expand_v: key / value widths as
+            multiples of C (GLA uses 0.5 and 1). conv_kernel: short causal depthwise conv
+            before the projections (1 disables it). gate_rank: rank of the forget-gate
+            projection. dropout: output dropout. backend: "chunk" or "naive" (reference loop).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int = 4,
+        expand_k: float = 0.5,
+        expand_v: float = 1.0,
+        conv_kernel: int = 4,
+        gate_rank: int = 16,
+        dropout: float = 0.0,
+        backend: str = "chunk",
+    ) -> None:
+        super().__init__()
+        if not isinstance(dim, int) or dim <= 0:
+            raise ValueError(f"dim: expected a positive int, got {dim!r}")
+        kd, vd = int(dim * expand_k), int(dim * expand_v)
+        if not isinstance(n_heads, int) or n_heads <= 0 or kd % n_heads or vd % n_heads:
+            raise ValueError(f"n_heads: expected a positive divisor of the key ({kd}) and value ({vd}) widths, got {n_heads!r}")
+        if conv_kernel < 1:
+            raise ValueError(f"conv_kernel: expected >= 1, got {conv_kernel}")
+        if backend not in ("chunk", "naive"):
+            raise ValueError(f"backend: expected 'chunk' or 'naive', got {backend!r}")
+        self.dim, self.n_heads, self.key_dim, self.value_dim = dim, n_heads, kd, vd
+        self.dk, self.dv = kd // n_heads, vd // n_heads
+        self.kernel, self.backend = conv_kernel, backend
+        self.conv = nn.Conv1d(dim, dim, conv_kernel, groups=dim, bias=True)
+        self.q_proj = nn.Linear(dim, kd, bias=False)
+        self.k_proj = nn.Linear(dim, kd, bias=False)
+        self.v_proj = nn.Linear(dim, vd, bias=False)
+        self.g_proj = nn.Linear(dim, vd, bias=False)  # output gate
+        self.gk = nn.Sequential(nn.Linear(dim, gate_rank, bias=False), nn.Linear(gate_rank, kd, bias=True))
+        self.o_norm = nn.RMSNorm(self.dv, eps=1e-5)
+        self.o_proj = nn.Linear(vd, dim, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> GLAState:
+        """A fresh state at position 0."""
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        ref = self.q_proj.weight
+        device = device if device is not None else ref.device
+        dtype = dtype if dtype is not None else ref.dtype
+        return GLAState(
+            conv=torch.zeros(batch_size, self.dim, self.kernel - 1, device=device, dtype=dtype),
+            S=torch.zeros(batch_size, self.n_heads, self.dk, self.dv, device=device, dtype=torch.float32),
+            position=torch.zeros(batch_size, dtype=torch.long, device=device),
+        )
+
+    def check_state(self, state: GLAState, x: Tensor) -> None:
+        """Raise a clear error when ``state`` does not belong to this layer and batch."""
+        if not isinstance(state, GLAState):
+            raise TypeError(f"state: expected a GLAState, got {type(state).__name__}")
+        B = x.shape[0]
+        expected = {
+            "conv": (B, self.dim, self.kernel - 1),
+            "S": (B, self.n_heads, self.dk, self.dv),
+            "position": (B,),
+        }
+        for name, shape in expected.items():
+            t = getattr(state, name)
+            if tuple(t.shape) != shape:
+                raise ValueError(
+                    f"state.{name}: expected shape {shape}, got {tuple(t.shape)}: was this state made for "
+                    "another batch size or layer?"
+                )
+            if t.device != x.device:
+                raise ValueError(f"state.{name}: expected a tensor on {x.device} (the device of x), got {t.device}")
+
+    def forward(self, x: Tensor, state: Optional[GLAState] = None, output_state: bool = False):
+        """Mix tokens of ``x`` (B, L, C); returns y, or (y, new_state) when ``output_state``."""
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.dim:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x: expected shape (B, L, C) with C={self.dim}, got {shape}")
+        B, L, _ = x.shape
+        if state is not None:
+            self.check_state(state, x)
+        xc = x.transpose(1, 2)
+        K = self.kernel
+        xc = F.pad(xc, (K - 1, 0)) if state is None else torch.cat([state.conv.to(xc.dtype), xc], dim=2)
+        conv_buffer = xc[:, :, xc.shape[2] - (K - 1):]
+        u = F.silu(F.conv1d(xc, self.conv.weight, self.conv.bias, groups=self.dim)).transpose(1, 2)
+
+        def heads(t: Tensor, d: int) -> Tensor:
+            return t.view(B, L, self.n_heads, d).transpose(1, 2).float()
+
+        q = heads(self.q_proj(u), self.dk) * self.dk**-0.5
+        k = heads(self.k_proj(u), self.dk)
+        v = heads(self.v_proj(u), self.dv)
+        log_a = (F.logsigmoid(heads(self.gk(u), self.dk)) / GATE_TEMPERATURE).clamp(min=MIN_LOG_DECAY)
+        S0 = state.S if state is not None else q.new_zeros(B, self.n_heads, self.dk, self.dv)
+        fn = gla_naive if (self.backend == "naive" or L == 1) else gla_chunk
+        o, S = fn(q, k, v, log_a, S0)
+        o = self.o_norm(o.to(x.dtype)).transpose(1, 2).reshape(B, L, self.value_dim)
+        y = self.drop(self.o_proj(o * F.silu(self.g_proj(u))))
+        if not output_state:
+            return y
+        pos = state.position + L if state is not None else torch.full((B,), L, dtype=torch.long, device=x.device)
+        return y, GLAState(conv_buffer, S, pos)
+
+    def step(self, x_t: Tensor, state: GLAState) -> tuple[Tensor, GLAState]:
+        """Advance one token: x_t (B, C) -> (y_t (B, C), new state). Cost independent of position."""
+        if not isinstance(x_t, Tensor) or x_t.dim() != 2:
+            shape = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
+            raise ValueError(f"x_t: expected one token per sequence, shape (B, C) with C={self.dim}, got {shape}")
+        y, new_state = self.forward(x_t.unsqueeze(1), state, output_state=True)
+        return y.squeeze(1), new_state
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, n_heads={self.n_heads}, key_dim={self.key_dim}, value_dim={self.value_dim}, kernel={self.kernel}"
