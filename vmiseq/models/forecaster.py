@@ -1,0 +1,527 @@
+"""``VMISAForecaster``: multivariate forecasting with causal VMI-SA blocks, batch and online.
+
+Input (B, T, N) -> forecast (B, H, N). The pipeline (every step causal, so the same function
+can be evaluated on a whole history at once or advanced one observation at a time):
+
+1. **Causal instance normalisation** (RevIN-style, ``norm="ema"`` by default). Standard RevIN
+   normalises a window by the mean and deviation of the whole window; a recurrent state that
+   already absorbed the old tokens cannot be re-normalised when a new observation shifts those
+   statistics. So each patch token is normalised by running statistics *as they stood when
+   the token completed* (exponentially weighted, bias-corrected mean and variance, half-life
+   ``norm_halflife`` observations; ``"expanding"`` weighs the whole history equally), and the
+   forecast is de-normalised with the statistics at the last observation. The statistics are
+   three running sums per variable: O(1) to update, and the batch path computes the very same
+   sums over the same history (in float64), so both paths agree.
+2. **Patching**, aligned to the *end* of the history: tokens are the ``patch_len``-long
+   patches ending at T, T - stride, T - 2 stride, ... (observations before the first whole
+   patch are dropped, as in the batch benchmark code). Online, the patch boundaries would move
+   with every new observation; instead the model keeps ``stride`` recurrent states, one per
+   phase (T mod stride): each new observation completes exactly one patch -- the last
+   ``patch_len`` observations, kept in a small buffer -- and advances the state of its phase
+   by one token. Every forecast is therefore fresh, costs one token step, and equals the batch
+   computation over the whole history.
+3. **Channel-independent** (default: every variable is its own sequence, weights shared) or
+   **channel-mixing** (one token holds the patches of all variables).
+4. Patch embedding -> ``n_layers`` causal blocks (``VMISABlock`` with ``VMISALayer(causal=True)``,
+   or the Transformer / gated-linear-attention baselines) -> LayerNorm -> a linear head on the
+   *last* token's features -> H values per variable -> de-normalised.
+
+The head reads only the last token, so the model accepts any history of at least
+``patch_len`` observations and its online state never grows (with ``mixer="vmisa"`` or
+``"gla"``; the attention baseline's KV cache grows by design).
+
+``DLinear`` (Zeng et al. 2023, the standard linear baseline) lives here too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..hub import PretrainedMixin
+from ..layers import MLP, DropPath, VMISABlock
+
+NORMS = ("ema", "expanding", "none")
+MIXERS = ("vmisa", "attention", "gla")
+SCALER_FILE = "scaler.json"
+
+
+# ---------------------------------------------------------------------------- config
+@dataclass
+class ForecasterConfig:
+    """Hyper-parameters of :class:`VMISAForecaster` (defaults: the ETTh1 recipe of docs/timeseries.md).
+
+    Attributes:
+        n_vars: N, variables per time step.
+        pred_len: H, steps forecast.
+        seq_len: the input length the model is trained with (informational: the model accepts
+            any history of at least ``patch_len`` observations).
+        patch_len / stride: observations per token and between consecutive tokens.
+        d_model / n_layers: width and depth of the block stack.
+        expand: VMI-SA inner width factor (D = expand * d_model).
+        mlp_ratio: hidden width of the per-block MLP (0 disables it).
+        mixer: "vmisa" (the library's layer), "attention" (causal SDPA, Transformer baseline)
+            or "gla" (gated linear attention baseline).
+        n_heads: heads of the baseline mixers.
+        channel_independent: one sequence per variable (True) or one token for all (False).
+        norm: "ema" (causal exponentially weighted instance normalisation), "expanding"
+            (equal weights over the whole history) or "none".
+        norm_halflife: half-life in observations of the "ema" statistics.
+        norm_affine: learnable per-variable affine after normalisation (RevIN's).
+        norm_eps: added to the variance.
+        decay / rank_mask / alpha / conv_kernel: forwarded to ``VMISALayer``. The rank mask is
+            off by default: with a dozen tokens per window it would keep most channels from
+            ever seeing context.
+        dropout / drop_path / head_dropout: regularisation.
+    """
+
+    n_vars: int = 7
+    pred_len: int = 96
+    seq_len: int = 96
+    patch_len: int = 16
+    stride: int = 8
+    d_model: int = 64
+    n_layers: int = 2
+    expand: int = 2
+    mlp_ratio: float = 2.0
+    mixer: str = "vmisa"
+    n_heads: int = 4
+    channel_independent: bool = True
+    norm: str = "ema"
+    norm_halflife: float = 96.0
+    norm_affine: bool = True
+    norm_eps: float = 1e-5
+    decay: Optional[str] = "input"
+    rank_mask: bool = False
+    alpha: str = "input"
+    conv_kernel: int = 4
+    dropout: float = 0.1
+    drop_path: float = 0.0
+    head_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("n_vars", "pred_len", "seq_len", "patch_len", "stride", "d_model", "n_layers", "expand", "n_heads", "conv_kernel"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if self.mixer not in MIXERS:
+            raise ValueError(f"mixer: expected one of {MIXERS}, got {self.mixer!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm: expected one of {NORMS}, got {self.norm!r}")
+        if self.norm == "ema" and not (self.norm_halflife > 0):
+            raise ValueError(f"norm_halflife: expected a positive number of observations, got {self.norm_halflife!r}")
+        if self.seq_len < self.patch_len:
+            raise ValueError(f"seq_len: expected at least patch_len={self.patch_len} observations, got {self.seq_len}")
+        for name in ("dropout", "drop_path", "head_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
+        if self.mlp_ratio < 0:
+            raise ValueError(f"mlp_ratio: expected >= 0, got {self.mlp_ratio!r}")
+        if self.mixer != "vmisa" and self.d_model % self.n_heads:
+            raise ValueError(f"n_heads: expected a divisor of d_model={self.d_model}, got {self.n_heads}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ForecasterConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"config: unknown ForecasterConfig field(s) {unknown}")
+        return cls(**d)
+
+    @property
+    def decay_factor(self) -> float:
+        """Per-observation weight factor lambda of the running statistics (1 = expanding)."""
+        if self.norm == "ema":
+            return 0.5 ** (1.0 / self.norm_halflife)
+        return 1.0
+
+
+# ---------------------------------------------------------------------------- running statistics
+def running_moments(x: Tensor, lam: float, chunk: int = 256) -> tuple[Tensor, Tensor, Tensor]:
+    """Exponentially weighted running sums over time, all in float64.
+
+    For x (B, T, N) returns S0 (T,), S1 (B, T, N), S2 (B, T, N) with
+    ``S0_t = sum_{s<=t} lam^(t-s)``, ``S1_t = sum lam^(t-s) x_s``, ``S2_t = sum lam^(t-s) x_s^2`` --
+    the same numbers :meth:`VMISAForecaster.update` accumulates one observation at a time.
+    Computed chunk by chunk (a (C, C) weight matrix per chunk plus the carried sums), so no
+    power of lam ever over- or underflows, whatever T.
+    """
+    B, T, N = x.shape
+    xd = x.to(torch.float64)
+    feats = torch.cat([xd, xd * xd], dim=-1)  # (B, T, 2N)
+    C = min(chunk, T)
+    i = torch.arange(C, device=x.device, dtype=torch.float64)
+    diff = i.view(-1, 1) - i.view(1, -1)
+    W = torch.where(diff >= 0, torch.as_tensor(lam, dtype=torch.float64).pow(diff.clamp(min=0)), torch.zeros((), dtype=torch.float64))
+    carry_w = torch.as_tensor(lam, dtype=torch.float64).pow(i + 1)  # lam^(t - c0 + 1)
+    out = torch.empty(B, T, 2 * N, dtype=torch.float64, device=x.device)
+    s0 = torch.empty(T, dtype=torch.float64, device=x.device)
+    carry = torch.zeros(B, 2 * N, dtype=torch.float64, device=x.device)
+    carry0 = torch.zeros((), dtype=torch.float64, device=x.device)
+    for c0 in range(0, T, C):
+        n = min(C, T - c0)
+        Wc = W[:n, :n]
+        local = torch.einsum("ts,bsf->btf", Wc, feats[:, c0 : c0 + n])
+        out[:, c0 : c0 + n] = local + carry_w[:n].view(1, n, 1) * carry.unsqueeze(1)
+        s0[c0 : c0 + n] = Wc.sum(1) + carry_w[:n] * carry0
+        carry = out[:, c0 + n - 1]
+        carry0 = s0[c0 + n - 1]
+    return s0, out[..., :N], out[..., N:]
+
+
+def moments_to_stats(s0: Tensor, s1: Tensor, s2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Weighted mean and standard deviation (float64) from the running sums."""
+    mean = s1 / s0
+    var = (s2 / s0 - mean * mean).clamp(min=0.0)
+    return mean, torch.sqrt(var + eps)
+
+
+# ---------------------------------------------------------------------------- blocks
+class PreNormBlock(nn.Module):
+    """``x + DropPath(mixer(LayerNorm(x)))`` then an optional MLP: the block for the baseline mixers.
+
+    (``VMISABlock`` needs no pre-norm: ``VMISALayer`` normalises after its local convolution.)
+    The mixer's state API (``forward(x, state, output_state)``, ``init_state``) passes through.
+    """
+
+    def __init__(self, dim: int, mixer: nn.Module, mlp_ratio: float, drop_path: float, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.mixer = mixer
+        self.drop_path = DropPath(drop_path)
+        self.mlp: Optional[MLP] = None
+        if mlp_ratio > 0:
+            self.mlp_norm = nn.LayerNorm(dim)
+            self.mlp = MLP(dim, int(round(mlp_ratio * dim)), dropout)
+
+    def init_state(self, batch_size: int, device=None, dtype=None):
+        return self.mixer.init_state(batch_size, device, dtype)
+
+    def forward(self, x: Tensor, state=None, output_state: bool = False):
+        out = self.mixer(self.norm(x), state, output_state=output_state)
+        y, new_state = out if output_state else (out, None)
+        x = x + self.drop_path(y)
+        if self.mlp is not None:
+            x = x + self.drop_path(self.mlp(self.mlp_norm(x)))
+        return (x, new_state) if output_state else x
+
+
+def _make_block(cfg: ForecasterConfig) -> nn.Module:
+    if cfg.mixer == "vmisa":
+        return VMISABlock(
+            cfg.d_model,
+            mlp_ratio=cfg.mlp_ratio,
+            drop_path=cfg.drop_path,
+            dropout=cfg.dropout,
+            expand=cfg.expand,
+            causal=True,
+            alpha=cfg.alpha,
+            decay=cfg.decay,
+            rank_mask=cfg.rank_mask,
+            conv_kernel=cfg.conv_kernel,
+        )
+    if cfg.mixer == "attention":
+        from ..layers.attention import CausalSelfAttention
+
+        mixer = CausalSelfAttention(cfg.d_model, n_heads=cfg.n_heads, dropout=cfg.dropout)
+    else:
+        from ..layers.gla import GatedLinearAttention
+
+        mixer = GatedLinearAttention(cfg.d_model, n_heads=cfg.n_heads, dropout=cfg.dropout)
+    return PreNormBlock(cfg.d_model, mixer, cfg.mlp_ratio, cfg.drop_path, cfg.dropout)
+
+
+# ---------------------------------------------------------------------------- online state
+@dataclass
+class ForecasterState:
+    """Everything :meth:`VMISAForecaster.update` needs; its size never depends on the history
+    length (with the "vmisa" and "gla" mixers).
+
+    Attributes:
+        count: observations seen so far (the same for every series of the batch).
+        buffer: (B, patch_len, N) the last ``patch_len`` observations (raw), oldest first.
+        s0: () float64 running weight sum; s1, s2: (B, N) float64 running sums of x and x^2.
+        phases: ``stride`` lists (one per phase T mod stride) of per-layer mixer states.
+        last_hidden: (B', d_model) features of the newest token (None before the first patch).
+        last_mean / last_std: (B, N) float64 statistics at the newest observation.
+    """
+
+    count: int
+    buffer: Tensor
+    s0: Tensor
+    s1: Tensor
+    s2: Tensor
+    phases: list
+    last_hidden: Optional[Tensor] = None
+    last_mean: Optional[Tensor] = None
+    last_std: Optional[Tensor] = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.buffer.shape[0]
+
+
+# ---------------------------------------------------------------------------- model
+class VMISAForecaster(PretrainedMixin, nn.Module):
+    """Patch-token forecaster built from causal VMI-SA blocks (see the module docstring).
+
+    ``forward(x)`` maps a history (B, T, N) with T >= patch_len to a forecast (B, H, N).
+    ``init_state`` / ``update`` / ``forecast`` do the same one observation at a time.
+    A :class:`~vmiseq.data_timeseries.StandardScaler` attached as ``model.scaler`` is saved
+    and restored with the weights (``scaler.json``).
+    """
+
+    config_class = ForecasterConfig
+
+    def __init__(self, config: Optional[ForecasterConfig] = None, **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = ForecasterConfig(**kwargs)
+        elif kwargs:
+            config = dataclasses.replace(config, **kwargs)
+        if not isinstance(config, ForecasterConfig):
+            raise TypeError(f"config: expected a ForecasterConfig, got {type(config).__name__}")
+        self.config = cfg = config
+        N, P, d = cfg.n_vars, cfg.patch_len, cfg.d_model
+        self.scaler = None  # optional data scaler, saved beside the weights
+        if cfg.norm_affine and cfg.norm != "none":
+            self.affine_weight = nn.Parameter(torch.ones(N))
+            self.affine_bias = nn.Parameter(torch.zeros(N))
+        in_dim = P if cfg.channel_independent else N * P
+        out_dim = cfg.pred_len if cfg.channel_independent else cfg.pred_len * N
+        self.embed = nn.Linear(in_dim, d)
+        self.embed_drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([_make_block(cfg) for _ in range(cfg.n_layers)])
+        self.final_norm = nn.LayerNorm(d)
+        self.head_drop = nn.Dropout(cfg.head_dropout)
+        self.head = nn.Linear(d, out_dim)
+
+    # ------------------------------------------------------------------ shared pieces
+    def _check_history(self, x: Tensor) -> None:
+        cfg = self.config
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x: expected a (B, T, N) tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
+        if x.dim() != 3 or x.shape[-1] != cfg.n_vars:
+            raise ValueError(f"x: expected shape (B, T, N) with N={cfg.n_vars}, got {tuple(x.shape)}")
+        if x.shape[1] < cfg.patch_len:
+            raise ValueError(f"x: expected a history of at least patch_len={cfg.patch_len} steps, got T={x.shape[1]}")
+
+    def _normalise(self, patches: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        """patches (B, n, N, P) raw -> normalised with per-token stats (B, n, N)."""
+        cfg = self.config
+        if cfg.norm == "none":
+            return patches
+        z = (patches - mean.to(patches.dtype).unsqueeze(-1)) / std.to(patches.dtype).unsqueeze(-1)
+        if cfg.norm_affine:
+            z = z * self.affine_weight.view(1, 1, -1, 1) + self.affine_bias.view(1, 1, -1, 1)
+        return z
+
+    def _tokens(self, z: Tensor) -> Tensor:
+        """Normalised patches (B, n, N, P) -> token embeddings (B', n, d)."""
+        B, n, N, P = z.shape
+        if self.config.channel_independent:
+            z = z.permute(0, 2, 1, 3).reshape(B * N, n, P)
+        else:
+            z = z.reshape(B, n, N * P)
+        return self.embed_drop(self.embed(z))
+
+    def _decode(self, h_last: Tensor, mean: Optional[Tensor], std: Optional[Tensor], batch: int) -> Tensor:
+        """Last-token features (B', d) -> forecast (B, H, N) in the data's units."""
+        cfg = self.config
+        y = self.head(self.head_drop(self.final_norm(h_last)))
+        if cfg.channel_independent:
+            y = y.view(batch, cfg.n_vars, cfg.pred_len).transpose(1, 2)
+        else:
+            y = y.view(batch, cfg.pred_len, cfg.n_vars)
+        if cfg.norm == "none":
+            return y
+        if cfg.norm_affine:  # RevIN's inverse affine
+            y = (y - self.affine_bias) / (self.affine_weight + 1e-10)
+        return y * std.to(y.dtype).unsqueeze(1) + mean.to(y.dtype).unsqueeze(1)
+
+    # ------------------------------------------------------------------ batch
+    def forward(self, x: Tensor) -> Tensor:
+        """Forecast the next ``pred_len`` steps after each history: (B, T, N) -> (B, H, N)."""
+        self._check_history(x)
+        cfg = self.config
+        B, T, N = x.shape
+        P, S = cfg.patch_len, cfg.stride
+        n = (T - P) // S + 1
+        first = T - (n - 1) * S - P  # observations before it never complete an end-aligned patch
+        patches = x[:, first:].unfold(1, P, S)  # (B, n, N, P)
+        mean = std = None
+        if cfg.norm != "none":
+            s0, s1, s2 = running_moments(x, cfg.decay_factor)
+            mean_all, std_all = moments_to_stats(s0.view(1, T, 1), s1, s2, cfg.norm_eps)
+            ends = first + P - 1 + S * torch.arange(n, device=x.device)  # last observation of each token
+            mean, std = mean_all[:, ends], std_all[:, ends]  # (B, n, N)
+        h = self._tokens(self._normalise(patches, mean, std))
+        for block in self.blocks:
+            h = block(h)
+        last_mean = None if mean is None else mean[:, -1]
+        last_std = None if std is None else std[:, -1]
+        return self._decode(h[:, -1], last_mean, last_std, B)
+
+    # ------------------------------------------------------------------ online
+    def init_state(self, batch_size: int, device=None, dtype=None) -> ForecasterState:
+        """An empty history for ``batch_size`` series (feed observations with :meth:`update`)."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        cfg = self.config
+        ref = self.embed.weight
+        device = device if device is not None else ref.device
+        dtype = dtype if dtype is not None else ref.dtype
+        inner_batch = batch_size * cfg.n_vars if cfg.channel_independent else batch_size
+        phases = [[blk.init_state(inner_batch, device, dtype) for blk in self.blocks] for _ in range(cfg.stride)]
+        return ForecasterState(
+            count=0,
+            buffer=torch.zeros(batch_size, cfg.patch_len, cfg.n_vars, device=device, dtype=dtype),
+            s0=torch.zeros((), dtype=torch.float64, device=device),
+            s1=torch.zeros(batch_size, cfg.n_vars, dtype=torch.float64, device=device),
+            s2=torch.zeros(batch_size, cfg.n_vars, dtype=torch.float64, device=device),
+            phases=phases,
+        )
+
+    @torch.no_grad()
+    def update(self, observation: Tensor, state: ForecasterState) -> ForecasterState:
+        """Advance ``state`` by one observation (B, N); returns the new state.
+
+        Work per call is constant: the running sums, the patch buffer, and one token step of
+        the block stack for the phase whose patch this observation completes.
+        """
+        cfg = self.config
+        if not isinstance(state, ForecasterState):
+            raise TypeError(f"state: expected a ForecasterState from init_state, got {type(state).__name__}")
+        B = state.batch_size
+        if not isinstance(observation, Tensor) or tuple(observation.shape) != (B, cfg.n_vars):
+            shape = tuple(observation.shape) if isinstance(observation, Tensor) else type(observation).__name__
+            raise ValueError(f"observation: expected shape (B, N) = {(B, cfg.n_vars)}, got {shape}")
+        if not torch.isfinite(observation).all():
+            raise ValueError("observation: expected finite values, got NaN or inf")
+        obs = observation.to(state.buffer.dtype)
+        lam = cfg.decay_factor
+        od = observation.to(torch.float64)
+        s0 = state.s0 * lam + 1.0
+        s1 = state.s1 * lam + od
+        s2 = state.s2 * lam + od * od
+        buffer = torch.cat([state.buffer[:, 1:], obs.unsqueeze(1)], dim=1)
+        count = state.count + 1
+        new = ForecasterState(count, buffer, s0, s1, s2, state.phases, state.last_hidden, state.last_mean, state.last_std)
+        if count < cfg.patch_len:
+            return new
+        mean = std = None
+        if cfg.norm != "none":
+            mean, std = moments_to_stats(s0, s1, s2, cfg.norm_eps)  # (B, N)
+        patch = buffer.transpose(1, 2).unsqueeze(1)  # (B, 1, N, P)
+        h = self._tokens(
+            self._normalise(patch, None if mean is None else mean.unsqueeze(1), None if std is None else std.unsqueeze(1))
+        )
+        phase = count % cfg.stride
+        layer_states = []
+        for blk, st in zip(self.blocks, state.phases[phase]):
+            h, st = blk(h, st, output_state=True)
+            layer_states.append(st)
+        phases = list(state.phases)
+        phases[phase] = layer_states
+        new.phases, new.last_hidden, new.last_mean, new.last_std = phases, h[:, -1], mean, std
+        return new
+
+    @torch.no_grad()
+    def forecast(self, state: ForecasterState) -> Tensor:
+        """The next ``pred_len`` steps after the observations fed so far: (B, H, N)."""
+        if not isinstance(state, ForecasterState):
+            raise TypeError(f"state: expected a ForecasterState from init_state, got {type(state).__name__}")
+        if state.last_hidden is None:
+            raise ValueError(
+                f"state: expected at least patch_len={self.config.patch_len} observations before a forecast, "
+                f"got {state.count}"
+            )
+        return self._decode(state.last_hidden, state.last_mean, state.last_std, state.batch_size)
+
+    # ------------------------------------------------------------------ save / load
+    def _save_extra(self, directory: Path) -> None:
+        if self.scaler is not None:
+            (directory / SCALER_FILE).write_text(json.dumps(self.scaler.to_dict()))
+
+    def _load_extra(self, directory: Path) -> None:
+        path = directory / SCALER_FILE
+        if path.is_file():
+            from ..data_timeseries import StandardScaler
+
+            self.scaler = StandardScaler.from_dict(json.loads(path.read_text()))
+
+
+# ---------------------------------------------------------------------------- DLinear baseline
+@dataclass
+class DLinearConfig:
+    """DLinear (Zeng et al., AAAI 2023): moving-average trend + remainder, one linear map each."""
+
+    n_vars: int = 7
+    seq_len: int = 96
+    pred_len: int = 96
+    kernel_size: int = 25
+    individual: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("n_vars", "seq_len", "pred_len", "kernel_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+class DLinear(PretrainedMixin, nn.Module):
+    """The official DLinear: series decomposition by a replicate-padded moving average, then
+    ``Linear(seq_len -> pred_len)`` on the seasonal and trend parts (shared across variables
+    unless ``individual``), summed. Input (B, seq_len, N) -> (B, pred_len, N).
+    """
+
+    config_class = DLinearConfig
+
+    def __init__(self, config: Optional[DLinearConfig] = None, **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = DLinearConfig(**kwargs)
+        self.config = cfg = config
+        self.scaler = None
+        L, H = cfg.seq_len, cfg.pred_len
+        n = cfg.n_vars if cfg.individual else 1
+        self.seasonal = nn.ModuleList([nn.Linear(L, H) for _ in range(n)])
+        self.trend = nn.ModuleList([nn.Linear(L, H) for _ in range(n)])
+        for lin in (*self.seasonal, *self.trend):  # the official initialisation: an average
+            nn.init.constant_(lin.weight, 1.0 / L)
+
+    def decompose(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, L, N) -> (seasonal, trend), trend = moving average with replicated ends."""
+        k = self.config.kernel_size
+        front = x[:, :1].repeat(1, (k - 1) // 2, 1)
+        back = x[:, -1:].repeat(1, (k - 1) // 2, 1)
+        padded = torch.cat([front, x, back], dim=1)
+        trend = F.avg_pool1d(padded.transpose(1, 2), kernel_size=k, stride=1).transpose(1, 2)
+        return x - trend, trend
+
+    def forward(self, x: Tensor) -> Tensor:
+        cfg = self.config
+        if not isinstance(x, Tensor) or x.dim() != 3 or tuple(x.shape[1:]) != (cfg.seq_len, cfg.n_vars):
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x: expected shape (B, seq_len, N) = (B, {cfg.seq_len}, {cfg.n_vars}), got {shape}")
+        seasonal, trend = self.decompose(x)
+        s, t = seasonal.transpose(1, 2), trend.transpose(1, 2)  # (B, N, L)
+        if cfg.individual:
+            out = torch.stack([self.seasonal[i](s[:, i]) + self.trend[i](t[:, i]) for i in range(cfg.n_vars)], dim=1)
+        else:
+            out = self.seasonal[0](s) + self.trend[0](t)
+        return out.transpose(1, 2)
+
+    _save_extra = VMISAForecaster._save_extra
+    _load_extra = VMISAForecaster._load_extra
