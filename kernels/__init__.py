@@ -1,13 +1,36 @@
-"""Triton kernels for VMI-SA, installed as ``vmiseq.kernels``. Triton is imported lazily."""
+"""Kernels for VMI-SA, installed as ``vmiseq.kernels``.
+
+* :mod:`.op` registers the causal scan as the PyTorch custom ops ``vmiseq::scan_fwd`` /
+  ``vmiseq::scan_bwd`` (one opaque node for ``torch.compile``, our own backward) with two
+  implementations: ``"torch"`` (:func:`vmiseq.ops.varlen.scan_torch`) and ``"triton"``
+  (:mod:`.triton_scan`).
+* Triton is imported lazily, the first time the triton backend runs: importing this
+  package never needs it. ``TRITON_INTERPRET=1`` (set before that first run) makes the
+  Triton kernels run on CPU tensors through Triton's interpreter.
+"""
 from __future__ import annotations
 
-import importlib.util
+from torch import Tensor
+
+from .op import triton_available, vmisa_scan_op
+
+__all__ = ["triton_available", "vmisa_scan_op", "vmisa_scan_triton"]
 
 
-def triton_available() -> bool:
-    """True when the ``triton`` package can be imported."""
-    return importlib.util.find_spec("triton") is not None
+def vmisa_scan_triton(
+    q: Tensor,
+    v: Tensor,
+    alpha: Tensor,
+    beta: Tensor,
+    h0: Tensor,
+    positions: Tensor,
+    rank_mask: bool,
+    decay: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Differentiable Triton scan on inputs normalised by :func:`vmiseq.ops.vmisa_scan`.
 
-
-def vmisa_scan_triton(*args, **kwargs):
-    raise NotImplementedError("the Triton backend is not implemented yet (issue 3)")
+    Returns (y (B, L, D) in q's dtype, final states (N, D) in h0's dtype).
+    Raises ImportError when triton is missing.
+    """
+    return vmisa_scan_op(q, v, alpha, beta, h0, positions, rank_mask, decay, cu_seqlens, backend="triton")
