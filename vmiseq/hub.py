@@ -77,7 +77,7 @@ class PretrainedMixin:
     @classmethod
     def from_pretrained(cls: Type[M], directory: Union[str, os.PathLike], map_location: Optional[str] = "cpu") -> M:
         """Load a model saved by ``save_pretrained``; clear errors for missing or corrupt files."""
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         path = Path(directory)
@@ -102,7 +102,7 @@ class PretrainedMixin:
         model = cls(config)  # type: ignore[call-arg]
         try:
             state = load_file(str(path / WEIGHTS_FILE), device=map_location or "cpu")
-        except (SafetensorsError, OSError, ValueError) as exc:
+        except (SafetensorError, OSError, ValueError) as exc:
             raise ValueError(f"{WEIGHTS_FILE}: corrupt or unreadable weights in {str(path)!r}: {exc}") from exc
         result = model.load_state_dict(state, strict=False)  # type: ignore[attr-defined]
         tied = _tied_names(model)
