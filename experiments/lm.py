@@ -197,6 +197,18 @@ def stream_sample(model: VMISAForCausalLM, tok: Tokenizer, prompt: str, n: int, 
     return prompt + "".join(out)
 
 
+def _merge_metrics(earlier: str, metrics: Path, start_step: int) -> None:
+    """Keep the rows logged before the resumed step, then the resumed run's rows."""
+    import io
+
+    import pandas as pd
+
+    old = pd.read_csv(io.StringIO(earlier))
+    new = pd.read_csv(metrics)
+    merged = pd.concat([old[old["step"] < start_step], new], ignore_index=True)
+    merged.to_csv(metrics, index=False)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import lightning as L
@@ -230,11 +242,15 @@ def main(argv=None) -> dict:
     train_dl = DataLoader(train_ds, batch_size=None, num_workers=args.num_workers)
     val_dl = DataLoader(val_ds, batch_size=args.batch_size, num_workers=args.num_workers)
 
+    metrics = out / "logs" / "metrics.csv"
+    earlier = metrics.read_text() if (resume and metrics.is_file()) else None  # the logger restarts the file
     t0 = time.perf_counter()
     trainer.fit(task, train_dl, val_dl, ckpt_path=resume)
     train_seconds = time.perf_counter() - t0
     if not trainer.is_global_zero:
         return {}
+    if earlier is not None and metrics.is_file():
+        _merge_metrics(earlier, metrics, start_step)
 
     model = task.model.cpu().eval()
     model.tokenizer = tok
@@ -254,7 +270,6 @@ def main(argv=None) -> dict:
         "resumed_from_step": start_step,
     }
     model.save_pretrained(out / "model")
-    metrics = out / "logs" / "metrics.csv"
     if metrics.is_file():
         plot_metrics(metrics, out / "curves.png")
     if args.sample_tokens > 0:
