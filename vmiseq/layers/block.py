@@ -83,5 +83,6 @@ class VMISABlock(nn.Module):
         return self._mlp(x + self.drop_path(self.mixer(x, state)))
 
     def step(self, x_t: Tensor, state: VMISAState) -> tuple[Tensor, VMISAState]:
-        y, new_state = self.forward(x_t.unsqueeze(1), state, output_state=True)
-        return y.squeeze(1), new_state
+        """One token: x_t (B, C) -> (y_t (B, C), new state), through the layer's fast step."""
+        y, new_state = self.mixer.step(x_t, state)
+        return self._mlp(x_t + self.drop_path(y)), new_state

@@ -359,8 +359,44 @@ class VMISALayer(nn.Module):
         if not isinstance(x_t, Tensor) or x_t.dim() != 2:
             shape = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
             raise ValueError(f"x_t: expected one token per sequence, shape (B, C) with C={self.dim}, got {shape}")
-        y, new_state = self.forward(x_t.unsqueeze(1), state, output_state=True)
-        return y.squeeze(1), new_state
+        if not self.causal:
+            raise ValueError("state: a non-causal layer sees the whole input at once and has no state")
+        if x_t.shape[-1] != self.dim or not x_t.is_floating_point():
+            raise ValueError(f"x_t: expected a floating (B, C) tensor with C={self.dim}, got {tuple(x_t.shape)} {x_t.dtype}")
+        self.check_state(state, x_t)
+        # The recurrence of Eq. 9 for one token, written out: the same math as forward() on a
+        # length-1 sequence (tested equal), without the sequence machinery (decode speed).
+        window = torch.cat([state.conv.to(x_t.dtype), x_t.unsqueeze(-1)], dim=2)  # (B, C, K)
+        u = torch.einsum("bck,ck->bc", window, self.conv.weight[:, 0]) + self.conv.bias
+        u = self.norm(u)
+        q, v = self.f12(u).chunk(2, dim=-1)
+        q = F.relu6(q)
+        acc = acc_dtype(q.dtype)
+        pos = state.position
+        if self.alpha_mode == "input":
+            alpha = F.softplus(self.alpha_proj(u)).to(acc)  # (B, 1)
+        elif self.alpha_mode == "constant":
+            alpha = self.alpha_value.to(acc)
+        else:
+            if int(pos.max()) + 1 > self.alpha_table.shape[0]:
+                raise ValueError(
+                    f"state: position {int(pos.max())} is beyond max_len={self.alpha_table.shape[0]} of the position alpha table"
+                )
+            alpha = self.alpha_table[pos].unsqueeze(1).to(acc)
+        z = q.to(acc) * v.to(acc)
+        h = state.h
+        if self.decay_mode == "input":
+            h = torch.sigmoid(self.decay_proj(u).to(acc)) * h
+        elif self.decay_mode == "scalar":
+            h = torch.sigmoid(self.decay_logit.to(acc)) * h
+        h = h + alpha * z
+        y = h
+        if self.rank_mask and int(pos.min()) < self.inner - 1:  # M_t = 1 everywhere once t >= D - 1
+            y = y * (torch.arange(self.inner, device=pos.device) <= pos.unsqueeze(1)).to(acc)
+        y = (y + self.beta.to(acc) * z).to(q.dtype)
+        out = self.drop(self.g(F.relu6(y)))
+        new_buffer = window[:, :, 1:] if self.kernel > 1 else window[:, :, :0]
+        return out, VMISAState(new_buffer, h, pos + 1)
 
     def extra_repr(self) -> str:
         return (
