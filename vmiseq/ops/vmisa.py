@@ -11,7 +11,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
-from . import chunk, naive
+from . import chunk, naive, varlen
 
 BACKENDS = ("auto", "naive", "torch", "triton")
 BACKEND_ENV = "VMISEQ_BACKEND"  # forces a backend for every call with backend="auto"
@@ -143,6 +143,7 @@ def vmisa_scan(
     decay: Tensor | None = None,
     output_final_state: bool = False,
     backend: str = "auto",
+    cu_seqlens: Tensor | None = None,
 ):
     """Causal VMI-SA (paper Eq. 9), optionally with a decay gate.
 
@@ -160,6 +161,9 @@ def vmisa_scan(
         decay: None, or (B, L) / (B, L, D) values in (0, 1] multiplying h_{t-1}.
         output_final_state: also return the (B, D) state after the last token.
         backend: "auto", "naive" (reference loop), "torch" (chunked, CPU default) or "triton".
+        cu_seqlens: None, or (N+1,) int32 offsets of N sequences packed in one row (q is
+            (1, T, D)); then initial_state / final_state are (N, D), offset is an int or
+            (N,) and each sequence's positions restart at its offset (see ``ops/varlen.py``).
 
     Returns:
         y (B, L, D) in q's dtype, or (y, final_state) with final_state (B, D) in the
@@ -171,15 +175,17 @@ def vmisa_scan(
     alpha_n = _per_token("alpha", alpha, q, allow_table=True).to(acc)
     beta_n = _channel_param("beta", beta, q).to(acc)
     decay_n = None if decay is None else _per_token("decay", decay, q, allow_table=False).to(acc)
-    positions = _positions(offset, q)
+    n_seq = B if cu_seqlens is None else varlen.check_cu_seqlens(cu_seqlens, q)
+    positions = _positions(offset, q) if cu_seqlens is None else varlen.positions(offset, q, n_seq)
     if initial_state is None:
-        h0 = q.new_zeros(B, D, dtype=acc)
+        h0 = q.new_zeros(n_seq, D, dtype=acc)
     else:
         _require_tensor("initial_state", initial_state, "a (B, D) tensor")
         _require_float("initial_state", initial_state)
-        if tuple(initial_state.shape) != (B, D):
+        if tuple(initial_state.shape) != (n_seq, D):
+            dims = "(B, D)" if cu_seqlens is None else "(N, D) (one per packed sequence)"
             raise ValueError(
-                f"initial_state: expected shape (B, D) = {(B, D)}, got {tuple(initial_state.shape)}"
+                f"initial_state: expected shape {dims} = {(n_seq, D)}, got {tuple(initial_state.shape)}"
             )
         _require_device("initial_state", initial_state, q)
         h0 = initial_state.to(acc)
@@ -187,14 +193,20 @@ def vmisa_scan(
 
     if L == 0:
         y, final = q.new_zeros(B, 0, D), h0
-    elif name == "triton":
-        from ..kernels import vmisa_scan_triton
+    elif name == "triton" or (name == "torch" and (cu_seqlens is not None or torch.compiler.is_compiling())):
+        # the custom op (opaque to torch.compile) and the packed-batch paths: vmiseq.kernels
+        from ..kernels import vmisa_scan_op
 
-        y, final = vmisa_scan_triton(q, v, alpha_n, beta_n, h0, positions, rank_mask, decay_n)
+        y, final = vmisa_scan_op(q, v, alpha_n, beta_n, h0, positions, rank_mask, decay_n, cu_seqlens, backend=name)
     else:
-        z = q.to(acc) * v.to(acc)
-        fn = naive.scan_naive if name == "naive" else chunk.scan_chunk
-        y, final = fn(z, alpha_n, beta_n, h0, positions, rank_mask, decay_n)
+        if name == "naive" and cu_seqlens is not None:
+            z = q.to(acc) * v.to(acc)
+            y, final = varlen.scan_naive_varlen(z, alpha_n, beta_n, h0, positions, rank_mask, decay_n, cu_seqlens)
+        elif name == "naive":
+            z = q.to(acc) * v.to(acc)
+            y, final = naive.scan_naive(z, alpha_n, beta_n, h0, positions, rank_mask, decay_n)
+        else:  # fused: never materialises z = q * v (see chunk.py)
+            y, final = chunk.scan_torch(q.to(acc), v.to(acc), alpha_n, beta_n, h0, positions, rank_mask, decay_n)
         y = y.to(q.dtype)
     return (y, final) if output_final_state else y
 
