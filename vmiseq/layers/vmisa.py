@@ -286,10 +286,18 @@ class VMISALayer(nn.Module):
         if not self.causal:
             if state is not None or output_state:
                 raise ValueError("state: a non-causal layer sees the whole input at once and has no state")
+            if x.numel() == 0:  # no tokens (or an empty batch): nothing to mix, and conv would fail
+                return x.new_zeros(x.shape)
             return self._forward_global(x)
         if state is not None:
             self.check_state(state, x)
         B, L, _ = x.shape
+        if L == 0:  # an empty chunk: empty output, the state passes through unchanged
+            if not output_state:
+                return x.new_zeros(B, 0, self.dim)
+            if state is None:
+                state = self.init_state(B, device=x.device, dtype=x.dtype)
+            return x.new_zeros(B, 0, self.dim), state
         u, conv_buffer = self._local_mix(x, None if state is None else state.conv)
         q, v = self.f12(u).chunk(2, dim=-1)
         q = F.relu6(q)
