@@ -175,9 +175,13 @@ class CausalSelfAttention(nn.Module):
             T = int(new_state.position.max())
             keys = new_state.k[:, :T].transpose(1, 2)
             vals = new_state.v[:, :T].transpose(1, 2)
-            # key j is visible to the query at absolute position p iff j <= p
-            mask = torch.arange(T, device=x.device).view(1, 1, T) <= pos.unsqueeze(-1)  # (B, L, T)
-            y = F.scaled_dot_product_attention(q.transpose(1, 2), keys, vals, attn_mask=mask.unsqueeze(1), dropout_p=p)
+            if L == 1 and bool((new_state.position == T).all()):
+                # decoding one token with every row at the same position: all T keys are visible
+                y = F.scaled_dot_product_attention(q.transpose(1, 2), keys, vals, dropout_p=p)
+            else:
+                # key j is visible to the query at absolute position p iff j <= p
+                mask = torch.arange(T, device=x.device).view(1, 1, T) <= pos.unsqueeze(-1)  # (B, L, T)
+                y = F.scaled_dot_product_attention(q.transpose(1, 2), keys, vals, attn_mask=mask.unsqueeze(1), dropout_p=p)
         y = self.drop(self.proj(y.transpose(1, 2).reshape(B, L, self.dim)))
         return (y, new_state) if output_state else y
 

@@ -485,9 +485,7 @@ class VMISAForCausalLM(PretrainedMixin, nn.Module):
             raise ValueError(f"top_p: expected a probability in (0, 1] or None, got {top_p!r}")
         if eos_token_id is not None and not (0 <= int(eos_token_id) < self.config.vocab_size):
             raise ValueError(f"eos_token_id: expected an id in [0, {self.config.vocab_size}), got {eos_token_id!r}")
-        prompts = input_ids if isinstance(input_ids, list) and all(isinstance(p, Tensor) and p.dim() == 1 for p in input_ids) else None
-        if prompts is None:
-            prompts, _ = self._normalise_prompts(input_ids)
+        prompts, _ = self._normalise_prompts(input_ids)
         if max_new_tokens == 0:
             return
         longest = max(len(p) for p in prompts)
