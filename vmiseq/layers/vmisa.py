@@ -174,20 +174,23 @@ class VMISALayer(nn.Module):
             if self.norm_name == "batchnorm":
                 return rearrange(self.norm(u), "b c h w -> b (h w) c"), None
             return self.norm(rearrange(u, "b c h w -> b (h w) c")), None
-        xc = rearrange(x, "b l c -> b c l")
         if self.causal:
-            K = self.kernel
+            # Causal depthwise conv as K shifted multiply-adds in (B, L, C) layout: the same
+            # sum as F.conv1d, but several times faster on CPU (fwd + bwd) for small K.
+            K, L = self.kernel, x.shape[1]
             if conv_buffer is None:
-                xc = F.pad(xc, (K - 1, 0))
+                xp = F.pad(x, (0, 0, K - 1, 0))
             else:
-                xc = torch.cat([conv_buffer.to(xc.dtype), xc], dim=2)
-            if K > 1:
-                new_buffer = xc[:, :, xc.shape[2] - (K - 1):]
-            else:
-                new_buffer = xc[:, :, :0]
-            u = F.conv1d(xc, self.conv.weight, self.conv.bias, groups=self.dim)
-        else:
-            u = F.conv1d(xc, self.conv.weight, self.conv.bias, padding="same", groups=self.dim)
+                xp = torch.cat([conv_buffer.to(x.dtype).transpose(1, 2), x], dim=1)  # (B, K-1+L, C)
+            # a copy, not a view: the state must not keep the whole (B, L, C) input alive
+            new_buffer = xp[:, xp.shape[1] - (K - 1):].transpose(1, 2).contiguous()
+            w = self.conv.weight[:, 0]  # (C, K)
+            u = torch.addcmul(self.conv.bias, xp[:, :L], w[:, 0])
+            for k in range(1, K):
+                u = u.addcmul(xp[:, k : k + L], w[:, k])
+            return self.norm(u), new_buffer
+        xc = rearrange(x, "b l c -> b c l")
+        u = F.conv1d(xc, self.conv.weight, self.conv.bias, padding="same", groups=self.dim)
         if self.norm_name == "batchnorm":
             return rearrange(self.norm(u), "b c l -> b l c"), new_buffer
         return self.norm(rearrange(u, "b c l -> b l c")), new_buffer
@@ -375,7 +378,10 @@ class VMISALayer(nn.Module):
         # The recurrence of Eq. 9 for one token, written out: the same math as forward() on a
         # length-1 sequence (tested equal), without the sequence machinery (decode speed).
         window = torch.cat([state.conv.to(x_t.dtype), x_t.unsqueeze(-1)], dim=2)  # (B, C, K)
-        u = torch.einsum("bck,ck->bc", window, self.conv.weight[:, 0]) + self.conv.bias
+        w = self.conv.weight[:, 0]  # (C, K); same multiply-add order as _local_mix
+        u = torch.addcmul(self.conv.bias, window[:, :, 0], w[:, 0])
+        for k in range(1, self.kernel):
+            u = u.addcmul(window[:, :, k], w[:, k])
         u = self.norm(u)
         q, v = self.f12(u).chunk(2, dim=-1)
         q = F.relu6(q)
@@ -397,11 +403,11 @@ class VMISALayer(nn.Module):
             h = torch.sigmoid(self.decay_proj(u).to(acc)) * h
         elif self.decay_mode == "scalar":
             h = torch.sigmoid(self.decay_logit.to(acc)) * h
-        h = h + alpha * z
+        h = h.addcmul(z, alpha)  # the operator's order of operations (bitwise-close results)
         y = h
         if self.rank_mask and int(pos.min()) < self.inner - 1:  # M_t = 1 everywhere once t >= D - 1
             y = y * (torch.arange(self.inner, device=pos.device) <= pos.unsqueeze(1)).to(acc)
-        y = (y + self.beta.to(acc) * z).to(q.dtype)
+        y = torch.addcmul(y, z, self.beta.to(acc)).to(q.dtype)
         out = self.drop(self.g(F.relu6(y)))
         new_buffer = window[:, :, 1:] if self.kernel > 1 else window[:, :, :0]
         return out, VMISAState(new_buffer, h, pos + 1)
