@@ -291,10 +291,21 @@ class StandardScaler:
 class WindowDataset(Dataset):
     """Sliding windows over one split: ``(x (seq_len, N), y (pred_len, N))`` float32 tensors.
 
-    ``values`` is the already-scaled part of the series (its own rows only).
+    ``values`` is the already-scaled part of the series (its own rows only); ``first_row`` is
+    the absolute row of ``values[0]`` in the file. With ``return_index=True`` an item is
+    ``(x, y, t0)`` where ``t0`` is the absolute row of ``x[0]`` (models with a learned daily
+    cycle need the phase of the window).
     """
 
-    def __init__(self, values: np.ndarray, seq_len: int, pred_len: int, name: str = "data") -> None:
+    def __init__(
+        self,
+        values: np.ndarray,
+        seq_len: int,
+        pred_len: int,
+        name: str = "data",
+        first_row: int = 0,
+        return_index: bool = False,
+    ) -> None:
         if not isinstance(seq_len, int) or seq_len <= 0:
             raise ValueError(f"seq_len: expected a positive int, got {seq_len!r}")
         if not isinstance(pred_len, int) or pred_len <= 0:
@@ -308,6 +319,7 @@ class WindowDataset(Dataset):
             )
         self.values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
         self.seq_len, self.pred_len = seq_len, pred_len
+        self.first_row, self.return_index = int(first_row), bool(return_index)
 
     def __len__(self) -> int:
         return self.values.shape[0] - self.seq_len - self.pred_len + 1
@@ -319,6 +331,8 @@ class WindowDataset(Dataset):
             raise IndexError(f"window {i} out of range for {len(self)} windows")
         x = self.values[i : i + self.seq_len]
         y = self.values[i + self.seq_len : i + self.seq_len + self.pred_len]
+        if self.return_index:
+            return x, y, torch.tensor(self.first_row + i, dtype=torch.long)
         return x, y
 
 
@@ -362,5 +376,5 @@ def prepare_forecast_data(
     parts = {}
     for name in PARTS:
         a, b = borders.part(name)
-        parts[name] = WindowDataset(scaled[a:b], seq_len, pred_len, name=f"{name} split (rows {a}..{b})")
+        parts[name] = WindowDataset(scaled[a:b], seq_len, pred_len, name=f"{name} split (rows {a}..{b})", first_row=a)
     return ForecastData(parts["train"], parts["val"], parts["test"], scaler, borders, table, scaled)

@@ -81,6 +81,11 @@ class ForecasterConfig:
             off by default: with a dozen tokens per window it would keep most channels from
             ever seeing context.
         dropout / drop_path / head_dropout: regularisation.
+        cycle_len: length of a learned periodic profile (24 for hourly data with a daily
+            cycle; 0 turns it off). As in CycleNet (Lin et al. 2024), the profile, in
+            normalised units, is subtracted from the input before the blocks and added to
+            the forecast; it needs the absolute time index of the first observation
+            (``start`` in :meth:`VMISAForecaster.forward` and ``init_state``).
     """
 
     n_vars: int = 7
@@ -106,6 +111,7 @@ class ForecasterConfig:
     dropout: float = 0.1
     drop_path: float = 0.0
     head_dropout: float = 0.0
+    cycle_len: int = 0
 
     def __post_init__(self) -> None:
         for name in ("n_vars", "pred_len", "seq_len", "patch_len", "stride", "d_model", "n_layers", "expand", "n_heads", "conv_kernel"):
@@ -124,6 +130,8 @@ class ForecasterConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
+        if not isinstance(self.cycle_len, int) or isinstance(self.cycle_len, bool) or self.cycle_len < 0:
+            raise ValueError(f"cycle_len: expected an int >= 0 (0 = no cycle), got {self.cycle_len!r}")
         if self.mlp_ratio < 0:
             raise ValueError(f"mlp_ratio: expected >= 0, got {self.mlp_ratio!r}")
         if self.mixer != "vmisa" and self.d_model % self.n_heads:
@@ -253,6 +261,7 @@ class ForecasterState:
         phases: ``stride`` lists (one per phase T mod stride) of per-layer mixer states.
         last_hidden: (B', d_model) features of the newest token (None before the first patch).
         last_mean / last_std: (B, N) float64 statistics at the newest observation.
+        start: (B,) absolute time index of the first observation (with a cycle), else None.
     """
 
     count: int
@@ -264,6 +273,7 @@ class ForecasterState:
     last_hidden: Optional[Tensor] = None
     last_mean: Optional[Tensor] = None
     last_std: Optional[Tensor] = None
+    start: Optional[Tensor] = None
 
     @property
     def batch_size(self) -> int:
@@ -304,6 +314,8 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         self.final_norm = nn.LayerNorm(d)
         self.head_drop = nn.Dropout(cfg.head_dropout)
         self.head = nn.Linear(d, out_dim)
+        if cfg.cycle_len > 0:
+            self.cycle = nn.Parameter(torch.zeros(cfg.cycle_len, N))
 
     # ------------------------------------------------------------------ shared pieces
     def _check_history(self, x: Tensor) -> None:
@@ -316,6 +328,27 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
             raise ValueError(f"x: expected shape (B, T, N) with N={cfg.n_vars}, got {tuple(x.shape)}")
         if x.shape[1] < cfg.patch_len:
             raise ValueError(f"x: expected a history of at least patch_len={cfg.patch_len} steps, got T={x.shape[1]}")
+
+    def _check_start(self, start, batch: int, device) -> Optional[Tensor]:
+        """The (B,) absolute time index of the first observation (needed with a cycle)."""
+        if self.config.cycle_len == 0:
+            return None
+        if start is None:
+            raise ValueError(
+                f"start: cycle_len={self.config.cycle_len} needs the absolute time index of the first observation "
+                "(an int or a (B,) integer tensor), got None"
+            )
+        if isinstance(start, bool) or not isinstance(start, (int, Tensor)):
+            raise TypeError(f"start: expected an int or a (B,) integer tensor, got {type(start).__name__}")
+        if isinstance(start, int):
+            start = torch.full((batch,), start, dtype=torch.long, device=device)
+        if start.is_floating_point() or tuple(start.shape) not in ((batch,), ()):
+            raise ValueError(f"start: expected a (B,) = ({batch},) integer tensor, got dtype {start.dtype} shape {tuple(start.shape)}")
+        return start.to(device=device, dtype=torch.long).expand(batch)
+
+    def _cycle_at(self, index: Tensor) -> Tensor:
+        """Cycle profile at absolute time indices (B, ...) -> (B, ..., N)."""
+        return self.cycle[torch.remainder(index, self.config.cycle_len)]
 
     def _normalise(self, patches: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         """patches (B, n, N, P) raw -> normalised with per-token stats (B, n, N)."""
@@ -336,14 +369,22 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
             z = z.reshape(B, n, N * P)
         return self.embed_drop(self.embed(z))
 
-    def _decode(self, h_last: Tensor, mean: Optional[Tensor], std: Optional[Tensor], batch: int) -> Tensor:
-        """Last-token features (B', d) -> forecast (B, H, N) in the data's units."""
+    def _decode(
+        self, h_last: Tensor, mean: Optional[Tensor], std: Optional[Tensor], batch: int, next_index: Optional[Tensor]
+    ) -> Tensor:
+        """Last-token features (B', d) -> forecast (B, H, N) in the data's units.
+
+        ``next_index`` (B,): absolute time index of the first forecast step (cycle only).
+        """
         cfg = self.config
         y = self.head(self.head_drop(self.final_norm(h_last)))
         if cfg.channel_independent:
             y = y.view(batch, cfg.n_vars, cfg.pred_len).transpose(1, 2)
         else:
             y = y.view(batch, cfg.pred_len, cfg.n_vars)
+        if cfg.cycle_len > 0:
+            steps = torch.arange(cfg.pred_len, device=y.device)
+            y = y + self._cycle_at(next_index.unsqueeze(1) + steps)
         if cfg.norm == "none":
             return y
         if cfg.norm_affine:  # RevIN's inverse affine
@@ -351,11 +392,16 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         return y * std.to(y.dtype).unsqueeze(1) + mean.to(y.dtype).unsqueeze(1)
 
     # ------------------------------------------------------------------ batch
-    def forward(self, x: Tensor) -> Tensor:
-        """Forecast the next ``pred_len`` steps after each history: (B, T, N) -> (B, H, N)."""
+    def forward(self, x: Tensor, start=None) -> Tensor:
+        """Forecast the next ``pred_len`` steps after each history: (B, T, N) -> (B, H, N).
+
+        ``start``: absolute time index of ``x[:, 0]`` (an int or (B,) integers); only used, and
+        then required, with ``cycle_len > 0``.
+        """
         self._check_history(x)
         cfg = self.config
         B, T, N = x.shape
+        start = self._check_start(start, B, x.device)
         P, S = cfg.patch_len, cfg.stride
         n = (T - P) // S + 1
         first = T - (n - 1) * S - P  # observations before it never complete an end-aligned patch
@@ -366,21 +412,29 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
             mean_all, std_all = moments_to_stats(s0.view(1, T, 1), s1, s2, cfg.norm_eps)
             ends = first + P - 1 + S * torch.arange(n, device=x.device)  # last observation of each token
             mean, std = mean_all[:, ends], std_all[:, ends]  # (B, n, N)
-        h = self._tokens(self._normalise(patches, mean, std))
+        z = self._normalise(patches, mean, std)
+        if start is not None:  # remove the learned cycle at each observation's time index
+            idx = start.view(B, 1, 1) + first + S * torch.arange(n, device=x.device).view(1, n, 1) + torch.arange(P, device=x.device)
+            z = z - self._cycle_at(idx).permute(0, 1, 3, 2)  # (B, n, P, N) -> (B, n, N, P)
+        h = self._tokens(z)
         for block in self.blocks:
             h = block(h)
         last_mean = None if mean is None else mean[:, -1]
         last_std = None if std is None else std[:, -1]
-        return self._decode(h[:, -1], last_mean, last_std, B)
+        return self._decode(h[:, -1], last_mean, last_std, B, None if start is None else start + T)
 
     # ------------------------------------------------------------------ online
-    def init_state(self, batch_size: int, device=None, dtype=None) -> ForecasterState:
-        """An empty history for ``batch_size`` series (feed observations with :meth:`update`)."""
+    def init_state(self, batch_size: int, device=None, dtype=None, start=None) -> ForecasterState:
+        """An empty history for ``batch_size`` series (feed observations with :meth:`update`).
+
+        ``start``: absolute time index of the first observation to come (cycle only).
+        """
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         cfg = self.config
         ref = self.embed.weight
         device = device if device is not None else ref.device
+        start = self._check_start(start, batch_size, device)
         dtype = dtype if dtype is not None else ref.dtype
         inner_batch = batch_size * cfg.n_vars if cfg.channel_independent else batch_size
         phases = [[blk.init_state(inner_batch, device, dtype) for blk in self.blocks] for _ in range(cfg.stride)]
@@ -391,6 +445,7 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
             s1=torch.zeros(batch_size, cfg.n_vars, dtype=torch.float64, device=device),
             s2=torch.zeros(batch_size, cfg.n_vars, dtype=torch.float64, device=device),
             phases=phases,
+            start=start,
         )
 
     @torch.no_grad()
@@ -417,16 +472,20 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         s2 = state.s2 * lam + od * od
         buffer = torch.cat([state.buffer[:, 1:], obs.unsqueeze(1)], dim=1)
         count = state.count + 1
-        new = ForecasterState(count, buffer, s0, s1, s2, state.phases, state.last_hidden, state.last_mean, state.last_std)
+        new = ForecasterState(
+            count, buffer, s0, s1, s2, state.phases, state.last_hidden, state.last_mean, state.last_std, state.start
+        )
         if count < cfg.patch_len:
             return new
         mean = std = None
         if cfg.norm != "none":
             mean, std = moments_to_stats(s0, s1, s2, cfg.norm_eps)  # (B, N)
         patch = buffer.transpose(1, 2).unsqueeze(1)  # (B, 1, N, P)
-        h = self._tokens(
-            self._normalise(patch, None if mean is None else mean.unsqueeze(1), None if std is None else std.unsqueeze(1))
-        )
+        z = self._normalise(patch, None if mean is None else mean.unsqueeze(1), None if std is None else std.unsqueeze(1))
+        if state.start is not None:
+            idx = state.start.view(B, 1) + (count - cfg.patch_len) + torch.arange(cfg.patch_len, device=z.device)
+            z = z - self._cycle_at(idx).transpose(1, 2).unsqueeze(1)  # (B, P, N) -> (B, 1, N, P)
+        h = self._tokens(z)
         phase = count % cfg.stride
         layer_states = []
         for blk, st in zip(self.blocks, state.phases[phase]):
@@ -447,7 +506,8 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
                 f"state: expected at least patch_len={self.config.patch_len} observations before a forecast, "
                 f"got {state.count}"
             )
-        return self._decode(state.last_hidden, state.last_mean, state.last_std, state.batch_size)
+        next_index = None if state.start is None else state.start + state.count
+        return self._decode(state.last_hidden, state.last_mean, state.last_std, state.batch_size, next_index)
 
     # ------------------------------------------------------------------ save / load
     def _save_extra(self, directory: Path) -> None:
