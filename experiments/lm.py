@@ -46,8 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--mixer", choices=MIXERS, default="vmisa", help="token mixer: the library's VMI-SA or a baseline (default: %(default)s)")
     m.add_argument("--dim", type=int, default=128, help="width (default: %(default)s)")
     m.add_argument("--depth", type=int, default=4, help="blocks (default: %(default)s)")
-    m.add_argument("--expand", type=int, default=2, help="VMI-SA inner width multiple (default: %(default)s)")
-    m.add_argument("--mlp-ratio", type=float, default=4.0, help="MLP hidden width / dim, 0 for none (default: %(default)s)")
+    m.add_argument("--expand", type=int, default=1, help="VMI-SA inner width multiple (default: %(default)s)")
+    m.add_argument("--mlp-ratio", type=float, default=None, help="MLP hidden width / dim, 0 for none (default: 3 vmisa, 4 attention/gla as nanoGPT)")
     m.add_argument("--alpha", choices=("input", "position", "constant"), default="input", help="VMI-SA alpha mode (default: %(default)s)")
     m.add_argument("--decay", choices=("none", "input", "scalar"), default="scalar", help="VMI-SA forget gate (default: %(default)s)")
     m.add_argument("--rank-mask", action="store_true", help="apply the paper's rank mask M (off by default for language)")
@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--batch-size", type=int, default=12, help="sequences per step (default: %(default)s)")
     t.add_argument("--block-size", type=int, default=64, help="context length in tokens (default: %(default)s)")
     t.add_argument("--max-steps", type=int, default=2000, help="optimiser steps (default: %(default)s)")
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 3e-3 vmisa/gla, 1e-3 attention)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-3 vmisa/gla, 1e-3 attention as nanoGPT)")
     t.add_argument("--min-lr", type=float, default=1e-4, help="final learning rate of the cosine (default: %(default)s)")
     t.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (default: %(default)s)")
     t.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices (default: %(default)s)")
@@ -76,7 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--crash-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a killed run
     args = p.parse_args(argv)
     if args.lr is None:
-        args.lr = 1e-3 if args.mixer == "attention" else 3e-3
+        args.lr = 1e-3 if args.mixer == "attention" else 2e-3
+    if args.mlp_ratio is None:
+        args.mlp_ratio = 3.0 if args.mixer == "vmisa" else 4.0
     return args
 
 

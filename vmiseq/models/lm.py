@@ -68,13 +68,13 @@ class VMISAConfig:
     dim: int = 128
     depth: int = 4
     mixer: str = "vmisa"
-    expand: int = 2
+    expand: int = 1
     conv_kernel: int = 4
     alpha: str = "input"
     decay: Optional[str] = "scalar"
     rank_mask: bool = False
     norm: str = "layernorm"
-    mlp_ratio: float = 4.0
+    mlp_ratio: float = 3.0
     dropout: float = 0.0
     tie_embeddings: bool = True
     n_heads: int = 4
