@@ -188,7 +188,7 @@ def vmisa_scan_op(
     needs no recomputation.
     """
     _check_backend(backend)
-    if backend == "triton" and not triton_available():
+    if backend == "triton" and not torch.compiler.is_compiling() and not triton_available():
         raise ImportError("backend: 'triton' needs the triton package (pip install triton); use backend='torch'")
     if backend == "torch" and not (force_op or torch.compiler.is_compiling()):
         return varlen.scan_torch(q, v, alpha, beta, h0, positions, bool(rank_mask), decay, cu_seqlens)

@@ -39,21 +39,31 @@ NAN_ENV = "VMISEQ_DEBUG_NAN"  # "1": fill every buffer the kernels write with Na
 SCAN_ENV = "VMISEQ_TRITON_SCAN"  # "native" / "doubling": force the in-chunk decay scan
 
 
-def _configs() -> list[triton.Config]:
-    """Autotuning space; one default config under the interpreter or without a GPU driver."""
+def _configs(kernel: str) -> list[triton.Config]:
+    """Autotuning space of one kernel; one default config under the interpreter or without a
+    GPU driver. ``LOOP_STAGES`` is the software-pipelining depth of the chunk loop (Triton
+    prefetches the next chunks' tiles with cp.async); 1 turns it off."""
     if INTERPRET or not torch.cuda.is_available():
-        return [triton.Config({"BLOCK_D": 64}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_D": 64, "LOOP_STAGES": 1}, num_warps=4, num_stages=1)]
+    shapes = FWD_SHAPES if kernel == "fwd" else BWD_SHAPES
     return [
-        triton.Config({"BLOCK_D": bd}, num_warps=w, num_stages=s)
-        for bd in (16, 32, 64, 128)
-        for w in (2, 4, 8)
-        for s in (2, 3)
-        if not (bd == 16 and w == 8)
+        triton.Config({"BLOCK_D": bd, "LOOP_STAGES": st}, num_warps=w, num_stages=1, maxnreg=reg)
+        for bd, w, reg in shapes
+        for st in (1, 2, 3)
     ]
 
 
-CONFIGS = _configs()
-MIN_BLOCK_D = min(c.kwargs["BLOCK_D"] for c in CONFIGS)
+# (BLOCK_D, num_warps, register cap), measured with kernels/compile_check.py for sm_90, bf16.
+# Uncapped, ptxas takes up to 255 registers and a 256-thread program then fills a whole SM
+# (one sequential program per SM hides little latency); the caps allow 2 programs per SM.
+# Uncapped shapes never spill; the capped ones spill 0-40 bytes, except the backward at
+# (32, 8, 128) with a per-channel decay (~380 bytes): the autotuner weighs that on the device.
+# The per-thread share of a (64, BLOCK_D) tile stays at 8-16 elements.
+FWD_SHAPES = ((16, 4, None), (32, 4, None), (32, 8, 96), (64, 8, 128))
+BWD_SHAPES = ((16, 4, None), (16, 8, 128), (32, 8, None), (32, 8, 128))
+FWD_CONFIGS = _configs("fwd")
+BWD_CONFIGS = _configs("bwd")
+MIN_BLOCK_D = min(c.kwargs["BLOCK_D"] for c in BWD_CONFIGS)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -108,24 +118,45 @@ def _tile_linear_scan(
 
 @triton.jit
 def _load_rows(
-    base, rows, cols, stride_l, stride_d, rmask, cmask, other, PER_CH: tl.constexpr, BT: tl.constexpr,
+    chunk_base, rows0, cols, stride_l, stride_d, rmask, cmask, other, PER_CH: tl.constexpr, BT: tl.constexpr,
     BD: tl.constexpr, ACC: tl.constexpr
 ):
-    """A per-token (BT,) or per-channel (BT, BD) quantity as a (BT, BD) tile in ACC."""
+    """A per-token (BT,) or per-channel (BT, BD) quantity of one chunk as a (BT, BD) tile.
+    ``chunk_base`` points at the chunk's first row; ``rows0`` are 0..BT-1 (int32)."""
     if PER_CH:
         x = tl.load(
-            base + rows[:, None] * stride_l + cols[None, :] * stride_d,
+            chunk_base + (rows0[:, None] * stride_l + cols[None, :] * stride_d),
             mask=rmask[:, None] & cmask[None, :],
             other=other,
         )
         return x.to(ACC)
     else:
-        x = tl.load(base + rows * stride_l, mask=rmask, other=other).to(ACC)
+        x = tl.load(chunk_base + rows0 * stride_l, mask=rmask, other=other).to(ACC)
         return tl.broadcast_to(x[:, None], (BT, BD))
 
 
+@triton.jit
+def _bounds(n, cu_ptr, ckoff_ptr, L, NC, VARLEN: tl.constexpr):
+    """(first token, end token, batch row, first checkpoint row) of sequence n, as int64."""
+    if VARLEN:
+        bos = tl.load(cu_ptr + n).to(tl.int64)
+        eos = tl.load(cu_ptr + n + 1).to(tl.int64)
+        b = n * 0  # packed: every sequence lives in batch row 0
+        ck_base = tl.load(ckoff_ptr + n).to(tl.int64)
+    else:
+        bos = n * 0
+        eos = n * 0 + L
+        b = n
+        ck_base = n * NC
+    return bos, eos, b, ck_base
+
+
+# Addressing: 64-bit scalar pointers to the first row of the current chunk, plus int32
+# (BLOCK_T, BLOCK_D) offset tiles computed once per program. Per-element 64-bit pointer
+# tiles would cost two registers per element per tensor (the backward reads or writes ten).
+
 # ----------------------------------------------------------------------------- forward
-@triton.autotune(configs=CONFIGS, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=FWD_CONFIGS, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _vmisa_fwd_kernel(
     q_ptr, v_ptr, alpha_ptr, decay_ptr, beta_ptr, h0_ptr, pos_ptr, cu_ptr, ckoff_ptr,
@@ -138,23 +169,18 @@ def _vmisa_fwd_kernel(
     BLOCK_T: tl.constexpr, LOG2_T: tl.constexpr, BLOCK_D: tl.constexpr,
     ALPHA_PER_CH: tl.constexpr, HAS_DECAY: tl.constexpr, DECAY_PER_CH: tl.constexpr,
     BETA_PER_CH: tl.constexpr, USE_MASK: tl.constexpr, VARLEN: tl.constexpr, NATIVE_SCAN: tl.constexpr,
+    LOOP_STAGES: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)  # sequence index
-    if VARLEN:
-        bos = tl.load(cu_ptr + n).to(tl.int64)
-        eos = tl.load(cu_ptr + n + 1).to(tl.int64)
-        b = n * 0  # packed: every sequence lives in batch row 0
-        ck_base = tl.load(ckoff_ptr + n).to(tl.int64)
-    else:
-        bos = n * 0
-        eos = n * 0 + L
-        b = n
-        ck_base = n * NC
+    bos, eos, b, ck_base = _bounds(n, cu_ptr, ckoff_ptr, L, NC, VARLEN)
     ACC: tl.constexpr = h0_ptr.dtype.element_ty
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D
     rows0 = tl.arange(0, BLOCK_T)
+    off_q = rows0[:, None] * stride_ql + cols[None, :]
+    off_v = rows0[:, None] * stride_vl + cols[None, :]
+    off_y = rows0[:, None] * stride_yl + cols[None, :]
 
     h = tl.load(h0_ptr + n * D + cols, mask=cmask, other=0.0).to(ACC)
     if BETA_PER_CH:
@@ -163,25 +189,21 @@ def _vmisa_fwd_kernel(
         beta = tl.load(beta_ptr).to(ACC)
     p0 = tl.load(pos_ptr + n * stride_pos)
 
-    q_base = q_ptr + b * stride_qb
-    v_base = v_ptr + b * stride_vb
-    a_base = alpha_ptr + b * stride_ab
-    d_base = decay_ptr + b * stride_db
-    y_base = y_ptr + b * stride_yb
-
     n_chunks = tl.cdiv(eos - bos, BLOCK_T)
-    for k in range(0, n_chunks):
-        rows = bos + k * BLOCK_T + rows0
-        rmask = rows < eos
+    for k in tl.range(0, n_chunks, num_stages=LOOP_STAGES):  # cp.async prefetch of the next chunks
+        row0 = bos + k * BLOCK_T  # first token of the chunk (int64)
+        rmask = rows0 < eos - row0
         m2 = rmask[:, None] & cmask[None, :]
-        qt = tl.load(q_base + rows[:, None] * stride_ql + cols[None, :], mask=m2, other=0.0).to(ACC)
-        vt = tl.load(v_base + rows[:, None] * stride_vl + cols[None, :], mask=m2, other=0.0).to(ACC)
+        qt = tl.load(q_ptr + (b * stride_qb + row0 * stride_ql) + off_q, mask=m2, other=0.0).to(ACC)
+        vt = tl.load(v_ptr + (b * stride_vb + row0 * stride_vl) + off_v, mask=m2, other=0.0).to(ACC)
         z = qt * vt
-        al = _load_rows(a_base, rows, cols, stride_al, stride_ad, rmask, cmask, 0.0, ALPHA_PER_CH, BLOCK_T, BLOCK_D, ACC)
+        a_chunk = alpha_ptr + (b * stride_ab + row0 * stride_al)
+        al = _load_rows(a_chunk, rows0, cols, stride_al, stride_ad, rmask, cmask, 0.0, ALPHA_PER_CH, BLOCK_T, BLOCK_D, ACC)
         u = al * z
         if HAS_DECAY:
             tl.store(ck_ptr + (ck_base + k) * D + cols, h, mask=cmask)  # state entering the chunk
-            a = _load_rows(d_base, rows, cols, stride_dl, stride_dd, rmask, cmask, 1.0, DECAY_PER_CH, BLOCK_T, BLOCK_D, ACC)
+            d_chunk = decay_ptr + (b * stride_db + row0 * stride_dl)
+            a = _load_rows(d_chunk, rows0, cols, stride_dl, stride_dd, rmask, cmask, 1.0, DECAY_PER_CH, BLOCK_T, BLOCK_D, ACC)
             A, H = _tile_linear_scan(a, u, BLOCK_T, BLOCK_D, LOG2_T, False, NATIVE_SCAN)
             hs = H + A * h[None, :]
             # padded rows have a = 1, u = 0, so the last row holds the state after eos - 1
@@ -191,15 +213,15 @@ def _vmisa_fwd_kernel(
             h = h + tl.sum(u, 0)
         out = hs
         if USE_MASK:
-            pos = p0 + (rows - bos)  # absolute position of each token
+            pos = p0 + (row0 - bos) + rows0  # absolute position of each token
             out = tl.where(cols[None, :] <= pos[:, None], hs, 0.0)
         yt = out + beta * z
-        tl.store(y_base + rows[:, None] * stride_yl + cols[None, :], yt.to(y_ptr.dtype.element_ty), mask=m2)
+        tl.store(y_ptr + (b * stride_yb + row0 * stride_yl) + off_y, yt.to(y_ptr.dtype.element_ty), mask=m2)
     tl.store(hT_ptr + n * D + cols, h, mask=cmask)
 
 
 # ----------------------------------------------------------------------------- backward
-@triton.autotune(configs=CONFIGS, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=BWD_CONFIGS, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _vmisa_bwd_kernel(
     q_ptr, v_ptr, alpha_ptr, decay_ptr, beta_ptr, pos_ptr, cu_ptr, ckoff_ptr, ck_ptr,
@@ -213,7 +235,7 @@ def _vmisa_bwd_kernel(
     BLOCK_T: tl.constexpr, LOG2_T: tl.constexpr, BLOCK_D: tl.constexpr,
     ALPHA_PER_CH: tl.constexpr, HAS_DECAY: tl.constexpr, DECAY_PER_CH: tl.constexpr,
     BETA_PER_CH: tl.constexpr, USE_MASK: tl.constexpr, VARLEN: tl.constexpr, NATIVE_SCAN: tl.constexpr,
-    NEED_DDECAY: tl.constexpr,
+    NEED_DDECAY: tl.constexpr, LOOP_STAGES: tl.constexpr,
 ):
     """Reverse scan. Layout of the outputs (all contiguous):
     dq, dv: (B, L, D); dh0, dbeta: (N, D) (dbeta is per-sequence, summed on the host);
@@ -222,20 +244,15 @@ def _vmisa_bwd_kernel(
     """
     pid_d = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)
-    if VARLEN:
-        bos = tl.load(cu_ptr + n).to(tl.int64)
-        eos = tl.load(cu_ptr + n + 1).to(tl.int64)
-        b = n * 0
-        ck_base = tl.load(ckoff_ptr + n).to(tl.int64)
-    else:
-        bos = n * 0
-        eos = n * 0 + L
-        b = n
-        ck_base = n * NC
+    bos, eos, b, ck_base = _bounds(n, cu_ptr, ckoff_ptr, L, NC, VARLEN)
     ACC: tl.constexpr = dh0_ptr.dtype.element_ty
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D
     rows0 = tl.arange(0, BLOCK_T)
+    off_q = rows0[:, None] * stride_ql + cols[None, :]
+    off_v = rows0[:, None] * stride_vl + cols[None, :]
+    off_g = rows0[:, None] * stride_gl + cols[None, :]
+    off_o = rows0[:, None] * D + cols[None, :]  # the contiguous (B, L, D) outputs
 
     carry = tl.load(dhT_ptr + n * D + cols, mask=cmask, other=0.0).to(ACC)  # dL/dh after the last token
     if BETA_PER_CH:
@@ -244,35 +261,30 @@ def _vmisa_bwd_kernel(
         beta = tl.load(beta_ptr).to(ACC)
     p0 = tl.load(pos_ptr + n * stride_pos)
     dbeta = tl.zeros((BLOCK_D,), dtype=ACC)
-
-    q_base = q_ptr + b * stride_qb
-    v_base = v_ptr + b * stride_vb
-    a_base = alpha_ptr + b * stride_ab
-    d_base = decay_ptr + b * stride_db
-    g_base = dy_ptr + b * stride_gb
-    o_base = b * L * D  # offset of this batch row in the (B, L, D) outputs
-    p_base = pid_d * NB * L + b * L  # offset in the (D-blocks, B, L) partial sums
+    d_seq = decay_ptr + b * stride_db
 
     n_chunks = tl.cdiv(eos - bos, BLOCK_T)
-    for i in range(0, n_chunks):
+    for i in tl.range(0, n_chunks, num_stages=LOOP_STAGES):
         k = n_chunks - 1 - i
-        rows = bos + k * BLOCK_T + rows0
-        rmask = rows < eos
+        row0 = bos + k * BLOCK_T
+        rmask = rows0 < eos - row0
         m2 = rmask[:, None] & cmask[None, :]
-        qt = tl.load(q_base + rows[:, None] * stride_ql + cols[None, :], mask=m2, other=0.0).to(ACC)
-        vt = tl.load(v_base + rows[:, None] * stride_vl + cols[None, :], mask=m2, other=0.0).to(ACC)
-        g = tl.load(g_base + rows[:, None] * stride_gl + cols[None, :], mask=m2, other=0.0).to(ACC)
+        qt = tl.load(q_ptr + (b * stride_qb + row0 * stride_ql) + off_q, mask=m2, other=0.0).to(ACC)
+        vt = tl.load(v_ptr + (b * stride_vb + row0 * stride_vl) + off_v, mask=m2, other=0.0).to(ACC)
+        g = tl.load(dy_ptr + (b * stride_gb + row0 * stride_gl) + off_g, mask=m2, other=0.0).to(ACC)
         z = qt * vt
-        al = _load_rows(a_base, rows, cols, stride_al, stride_ad, rmask, cmask, 0.0, ALPHA_PER_CH, BLOCK_T, BLOCK_D, ACC)
+        a_chunk = alpha_ptr + (b * stride_ab + row0 * stride_al)
+        al = _load_rows(a_chunk, rows0, cols, stride_al, stride_ad, rmask, cmask, 0.0, ALPHA_PER_CH, BLOCK_T, BLOCK_D, ACC)
         m = g
         if USE_MASK:
-            pos = p0 + (rows - bos)
+            pos = p0 + (row0 - bos) + rows0
             m = tl.where(cols[None, :] <= pos[:, None], g, 0.0)
         if HAS_DECAY:
             # dh_t = a_{t+1} dh_{t+1} + m_t: the coefficient of row t is the decay of row t + 1
             # (1 past the end of the sequence, where dh continues as the final-state gradient).
-            nxt = rows + 1
-            c = _load_rows(d_base, nxt, cols, stride_dl, stride_dd, nxt < eos, cmask, 1.0, DECAY_PER_CH, BLOCK_T, BLOCK_D, ACC)
+            nmask = rows0 < eos - row0 - 1
+            c = _load_rows(d_seq + (row0 + 1) * stride_dl, rows0, cols, stride_dl, stride_dd, nmask, cmask, 1.0,
+                           DECAY_PER_CH, BLOCK_T, BLOCK_D, ACC)
             P, S = _tile_linear_scan(c, m, BLOCK_T, BLOCK_D, LOG2_T, True, NATIVE_SCAN)
             dh = S + P * carry[None, :]
         else:
@@ -280,33 +292,35 @@ def _vmisa_bwd_kernel(
         carry = tl.sum(tl.where(rows0[:, None] == 0, dh, 0.0), 0)  # dh at the chunk's first token
 
         dz = al * dh + beta * g
-        out_off = o_base + rows[:, None] * D + cols[None, :]
-        tl.store(dq_ptr + out_off, (dz * vt).to(dq_ptr.dtype.element_ty), mask=m2)
-        tl.store(dv_ptr + out_off, (dz * qt).to(dv_ptr.dtype.element_ty), mask=m2)
+        o_chunk = b * L * D + row0 * D
+        tl.store(dq_ptr + o_chunk + off_o, (dz * vt).to(dq_ptr.dtype.element_ty), mask=m2)
+        tl.store(dv_ptr + o_chunk + off_o, (dz * qt).to(dv_ptr.dtype.element_ty), mask=m2)
         dal = dh * z
+        p_chunk = pid_d * NB * L + b * L + row0  # (D-blocks, B, L) partial sums
         if ALPHA_PER_CH:
-            tl.store(dalpha_ptr + out_off, dal, mask=m2)
+            tl.store(dalpha_ptr + o_chunk + off_o, dal, mask=m2)
         else:
-            tl.store(dalpha_ptr + p_base + rows, tl.sum(tl.where(m2, dal, 0.0), 1), mask=rmask)
+            tl.store(dalpha_ptr + p_chunk + rows0, tl.sum(tl.where(m2, dal, 0.0), 1), mask=rmask)
         dbeta += tl.sum(g * z, 0)
 
         if HAS_DECAY and NEED_DDECAY:
             # d decay_t = dh_t * h_{t-1}: rebuild the chunk's states from its checkpoint.
             h_in = tl.load(ck_ptr + (ck_base + k) * D + cols, mask=cmask, other=0.0)
-            a = _load_rows(d_base, rows, cols, stride_dl, stride_dd, rmask, cmask, 1.0, DECAY_PER_CH, BLOCK_T, BLOCK_D, ACC)
+            a = _load_rows(d_seq + row0 * stride_dl, rows0, cols, stride_dl, stride_dd, rmask, cmask, 1.0,
+                           DECAY_PER_CH, BLOCK_T, BLOCK_D, ACC)
             A, H = _tile_linear_scan(a, al * z, BLOCK_T, BLOCK_D, LOG2_T, False, NATIVE_SCAN)
             hs = H + A * h_in[None, :]
             prev = tl.broadcast_to(tl.maximum(rows0 - 1, 0)[:, None], (BLOCK_T, BLOCK_D))
             h_prev = tl.where(rows0[:, None] == 0, h_in[None, :], tl.gather(hs, prev, 0))
             dd = dh * h_prev
             if DECAY_PER_CH:
-                tl.store(ddecay_ptr + out_off, dd, mask=m2)
+                tl.store(ddecay_ptr + o_chunk + off_o, dd, mask=m2)
             else:
-                tl.store(ddecay_ptr + p_base + rows, tl.sum(tl.where(m2, dd, 0.0), 1), mask=rmask)
+                tl.store(ddecay_ptr + p_chunk + rows0, tl.sum(tl.where(m2, dd, 0.0), 1), mask=rmask)
 
     if HAS_DECAY:
         # dL/dh_init = a_0 * dh_0 (an empty sequence passes the final-state gradient through)
-        a0 = tl.load(d_base + bos * stride_dl + cols * stride_dd, mask=cmask & (bos < eos), other=1.0).to(ACC)
+        a0 = tl.load(d_seq + bos * stride_dl + cols * stride_dd, mask=cmask & (bos < eos), other=1.0).to(ACC)
         carry = carry * a0
     tl.store(dh0_ptr + n * D + cols, carry, mask=cmask)
     tl.store(dbeta_ptr + n * D + cols, dbeta, mask=cmask)
@@ -360,7 +374,7 @@ def _per_token_strides(x: Tensor | None, D: int):
     """(B|1, L, 1|D) -> (stride_b, stride_l, stride_d, per_channel) with broadcast dims at stride 0."""
     if x is None:
         return 0, 0, 0, False
-    per_ch = x.shape[-1] == D and D != 1 or (x.shape[-1] == D == 1)
+    per_ch = x.shape[-1] != 1
     sb = x.stride(0) if x.shape[0] > 1 else 0
     sd = x.stride(2) if per_ch else 0
     return sb, x.stride(1), sd, per_ch
@@ -381,7 +395,9 @@ def scan_fwd(
     y = _alloc((B, L, D), q.dtype, q.device)
     final = _alloc((N, D), acc, q.device)
     has_decay = decay is not None
-    ck = _alloc((checkpoint_rows(N, B, L, varlen), D) if has_decay else (0,), acc, q.device)
+    ck_shape = (checkpoint_rows(N, B, L, varlen), D) if has_decay else (0,)
+    # packed: an upper bound on the rows; the unused tail must not hold garbage (it is an output)
+    ck = torch.zeros(ck_shape, dtype=acc, device=q.device) if varlen else _alloc(ck_shape, acc, q.device)
     cu = cu_seqlens.contiguous() if varlen else h0
     ckoff = _chunk_offsets(cu_seqlens) if (varlen and has_decay) else h0
     sab, sal, sad, alpha_ch = _per_token_strides(alpha, D)
