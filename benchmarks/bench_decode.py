@@ -27,7 +27,7 @@ def build(mixer: str, args, max_len: int) -> VMISAForCausalLM:
     torch.manual_seed(0)
     cfg = VMISAConfig(
         vocab_size=args.vocab, dim=args.dim, depth=args.depth, mixer=mixer, n_heads=args.heads,
-        mlp_ratio=4.0, max_len=max_len if mixer == "attention" else None,
+        mlp_ratio=4.0, expand=2, max_len=max_len if mixer == "attention" else None,
     )
     return VMISAForCausalLM(cfg).eval()
 

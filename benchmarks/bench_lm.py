@@ -65,10 +65,11 @@ def main(argv=None) -> None:
             rows.append({
                 "mixer": mixer, "context": ctx, "batch": batch, "steps": steps, "params": res["params"],
                 "val_loss": res["val_loss"], "val_bpc": res["val_bpc"], "train_s": res["train_seconds"],
+                "train_cpu_s": res.get("train_cpu_seconds"), "step_ms": res.get("step_ms_median"),
             })
             print(f"{mixer}: val loss {res['val_loss']:.4f}, train {res['train_seconds']:.1f} s", flush=True)
             print(res.get("sample", "")[:300])
-    print_table(rows, ["mixer", "context", "batch", "steps", "params", "val_loss", "val_bpc", "train_s"],
+    print_table(rows, ["mixer", "context", "batch", "steps", "params", "val_loss", "val_bpc", "train_s", "train_cpu_s", "step_ms"],
                 title="Character-level tiny-shakespeare, same token budget per context")
     write_json(Path(args.out_dir) / "bench_lm.json", rows, args)
 

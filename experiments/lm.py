@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -152,6 +153,31 @@ def build_task(args: argparse.Namespace, config: VMISAConfig, val_chars_per_toke
     return LMTask()
 
 
+def StepTimer():
+    """A callback recording the wall time of every training step (data, forward, backward,
+    optimiser); its median is robust to other jobs briefly sharing the machine."""
+    from lightning.pytorch.callbacks import Callback
+
+    class _StepTimer(Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self._last: Optional[float] = None
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            now = time.perf_counter()
+            if self._last is not None:
+                self.times.append(now - self._last)
+            self._last = now
+
+        def on_validation_start(self, trainer, pl_module) -> None:
+            self._last = None  # validation time is not a training step
+
+        def median_ms(self) -> Optional[float]:
+            return 1000 * statistics.median(self.times) if self.times else None
+
+    return _StepTimer()
+
+
 def prepare_data(args: argparse.Namespace):
     """Load, split, train the tokenizer on the training split, tokenise both splits (cached)."""
     text = load_text(args.data)
@@ -182,11 +208,10 @@ def evaluate(model: VMISAForCausalLM, val_ids, block_size: int, batch_size: int 
 def stream_sample(model: VMISAForCausalLM, tok: Tokenizer, prompt: str, n: int, temperature: float, top_k, seed: int) -> str:
     """Print a sample token by token as it is generated; returns the text."""
     ids = tok.encode(prompt) or [tok.eos_token_id]
-    pieces = []
-
-    def emit(tokens):
-        pieces.append(int(tokens[0]))
-
+    cfg = model.config
+    if cfg.pos_embedding and cfg.max_len is not None and len(ids) + n - 1 > cfg.max_len:
+        n = max(0, cfg.max_len - len(ids) + 1)  # learned positions end at max_len
+        print(f"(sample cut to {n} tokens: this model's learned positions end at max_len={cfg.max_len})")
     print("\n----- sample -----")
     print(prompt, end="", flush=True)
     out = []
@@ -229,8 +254,10 @@ def main(argv=None) -> dict:
     print(f"model: {args.mixer}, {task.model.num_parameters() / 1e6:.3f}M parameters; "
           f"tokens: {len(train_ids):,} train / {len(val_ids):,} val ({args.tokenizer}, vocab {tok.vocab_size})")
 
+    timer = StepTimer()
     trainer = build_trainer(
         args,
+        callbacks=[timer],
         max_steps=args.max_steps,
         val_check_interval=args.eval_interval,
         check_val_every_n_epoch=None,
@@ -246,9 +273,10 @@ def main(argv=None) -> dict:
 
     metrics = out / "logs" / "metrics.csv"
     earlier = metrics.read_text() if (resume and metrics.is_file()) else None  # the logger restarts the file
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer.fit(task, train_dl, val_dl, ckpt_path=resume)
     train_seconds = time.perf_counter() - t0
+    train_cpu_seconds = time.process_time() - c0  # less sensitive to other jobs on the machine
     if not trainer.is_global_zero:
         return {}
     if earlier is not None and metrics.is_file():
@@ -268,6 +296,8 @@ def main(argv=None) -> dict:
         "val_ppl": math.exp(val_loss),
         "val_bpc": bits_per_char(val_loss, len(val_ids), n_val_chars),
         "train_seconds": train_seconds,
+        "train_cpu_seconds": train_cpu_seconds,
+        "step_ms_median": timer.median_ms(),
         "eval_seconds": time.perf_counter() - t1,
         "resumed_from_step": start_step,
     }
