@@ -311,6 +311,10 @@ def main(argv=None) -> dict:
         model_kwargs["rank_mask"] = args.rank_mask
     if args.drop_path:
         model_kwargs["drop_path_rate"] = args.drop_path
+    # Lightning's CSVLogger deletes metrics.csv when a run resumes in the same folder: keep the
+    # earlier rows so the curves cover the whole run.
+    metrics_csv = out / "logs" / "metrics.csv"
+    earlier_metrics = metrics_csv.read_text() if args.resume and metrics_csv.is_file() else None
     module = ImageClassifier(
         args.model, model_kwargs, len(classes), args.lr, args.lr_base, args.lr_base_batch, args.weight_decay,
         args.warmup_epochs, args.warmup_lr, args.min_lr, args.label_smoothing, args.mixup, args.cutmix,
@@ -328,7 +332,8 @@ def main(argv=None) -> dict:
     }
     if trainer.is_global_zero:
         module.model.save_pretrained(out / "model")
-        metrics_csv = out / "logs" / "metrics.csv"
+        if earlier_metrics is not None and metrics_csv.is_file():
+            _merge_metrics(metrics_csv, earlier_metrics)
         if metrics_csv.is_file():
             plot_metrics(metrics_csv, out / "curves.png", {
                 "loss": ["train/loss", "val/loss"], "accuracy": ["val/acc1", "val/acc5"],
@@ -336,6 +341,18 @@ def main(argv=None) -> dict:
         (out / "results.json").write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))
     return result
+
+
+def _merge_metrics(metrics_csv: Path, earlier: str) -> None:
+    """Prepend the rows logged before a resume (those at steps the resumed run did not redo)."""
+    import io
+
+    import pandas as pd
+
+    new = pd.read_csv(metrics_csv)
+    old = pd.read_csv(io.StringIO(earlier))
+    old = old[old["step"] < new["step"].min()] if len(new) else old
+    pd.concat([old, new], ignore_index=True).to_csv(metrics_csv, index=False)
 
 
 def load_for_eval(cls, path: str, num_classes: int):

@@ -93,7 +93,7 @@ def load_image(source: Union[str, os.PathLike, bytes], mode: str = "RGB"):
 
             arr = np.asarray(img, dtype=np.float64)
             peak = 65535.0 if arr.max() > 255 else 255.0
-            img = Image.fromarray((arr * (255.0 / peak)).clip(0, 255).astype("uint8"), "L")
+            img = Image.fromarray((arr * (255.0 / peak)).round().clip(0, 255).astype("uint8"), "L")
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             img = img.convert("RGBA")
             if mode == "RGB":  # composite on white: transparent pixels are not black

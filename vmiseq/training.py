@@ -80,9 +80,11 @@ def build_trainer(
         monitor=monitor,
         mode=mode,
         save_top_k=1,
-        save_last=True,
     )
-    cbs = [ckpt, LearningRateMonitor(logging_interval="step"), *callbacks]
+    # A separate callback keeps last.ckpt current: Lightning >= 2.5's save_last only writes
+    # when the monitored metric improved, which would leave a stale "last" to resume from.
+    last = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    cbs = [ckpt, last, LearningRateMonitor(logging_interval="step"), *callbacks]
     if not args.no_progress:
         cbs.append(TQDMProgressBar(refresh_rate=10))
     return L.Trainer(
