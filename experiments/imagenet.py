@@ -85,6 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.add_argument("--randaugment-m", type=int, default=None, help="RandAugment magnitude (-1 disables)")
     o.add_argument("--random-erasing", type=float, default=None)
     o.add_argument("--crop-pct", type=float, default=None, help="eval center-crop fraction")
+    o.add_argument("--stop-after-epochs", type=int, default=None,
+                   help="stop after N epochs but keep the schedule of --epochs (split a run into time slots; "
+                        "continue with --resume last)")
     o.add_argument("--limit-train-batches", type=float, default=None, help="Lightning limit (tests, smoke runs)")
     o.add_argument("--limit-val-batches", type=float, default=None)
     e = p.add_argument_group("evaluation")
@@ -296,7 +299,9 @@ def main(argv=None) -> dict:
     if epochs != int(epochs):  # fractional epochs: stop at a step count
         steps_per_epoch = len(train_ds) // (args.batch_size * max(1, args.accumulate_grad_batches))
         max_steps = max(1, int(epochs * steps_per_epoch))
-    trainer = build_trainer(args, monitor="val/acc1", mode="max", max_epochs=max_epochs, max_steps=max_steps, **trainer_kwargs)
+    callbacks = [StopAfterEpochs(args.stop_after_epochs)] if args.stop_after_epochs else []
+    trainer = build_trainer(args, monitor="val/acc1", mode="max", max_epochs=max_epochs, max_steps=max_steps,
+                            callbacks=callbacks, **trainer_kwargs)
     val_loader = make_loader(val_ds, args, train=False)
 
     if args.eval_only:
@@ -341,6 +346,21 @@ def main(argv=None) -> dict:
         (out / "results.json").write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))
     return result
+
+
+class StopAfterEpochs:
+    """Callback: end training after ``n`` epochs (counted from the start of the run, so a
+    resumed run continues to --epochs) without changing the learning-rate schedule."""
+
+    def __new__(cls, n: int):
+        from lightning.pytorch.callbacks import Callback
+
+        class _Stop(Callback):
+            def on_train_epoch_end(self, trainer, pl_module):
+                if trainer.current_epoch + 1 >= n:
+                    trainer.should_stop = True
+
+        return _Stop()
 
 
 def _merge_metrics(metrics_csv: Path, earlier: str) -> None:

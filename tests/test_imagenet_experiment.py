@@ -163,7 +163,8 @@ def _base_args(data: Path, out: Path, epochs: int) -> list[str]:
 
 
 def test_train_resume_is_exact_and_eval_only(tmp_path):
-    """3 epochs in one go == 2 epochs, stop, --resume last, 1 more: same losses after the resume.
+    """3 epochs in one go == stopped after 2 epochs, then --resume last: same losses after the resume,
+    and the merged logs cover the whole run.
     Uses the full recipe (RandAugment, MixUp/CutMix, erasing, drop path) on messy files."""
     data = _folder_dataset(tmp_path / "data")
     exp = _script()
@@ -174,13 +175,15 @@ def test_train_resume_is_exact_and_eval_only(tmp_path):
     assert (tmp_path / "full" / "model" / "model.safetensors").is_file()
     assert {"val/acc1", "val/acc5", "val/loss"} <= set(full["final"])
 
-    exp.main(_base_args(data, tmp_path / "split", 2))
+    exp.main(_base_args(data, tmp_path / "split", 3) + ["--stop-after-epochs", "2"])  # interrupted
+    assert _metrics(tmp_path / "split")["epoch"].max() == 1
     exp.main(_base_args(data, tmp_path / "split", 3) + ["--resume", "last"])
     a = _metrics(tmp_path / "full").dropna(subset=["train/loss"]).set_index("step")["train/loss"]
     b = _metrics(tmp_path / "split").dropna(subset=["train/loss"]).set_index("step")["train/loss"]
     last_epoch = a.index[a.index >= a.index.max() - 3]
     assert len(last_epoch) >= 3
-    torch.testing.assert_close(torch.tensor(b.loc[last_epoch].values), torch.tensor(a.loc[last_epoch].values), rtol=1e-5, atol=1e-6)
+    assert torch.equal(torch.tensor(b.loc[last_epoch].values), torch.tensor(a.loc[last_epoch].values))
+    assert list(b.index) == list(a.index)  # logs from before the resume were kept
 
     metrics = exp.main(_base_args(data, tmp_path / "eval", 1) + [
         "--eval-only", "--checkpoint", str(tmp_path / "full" / "checkpoints" / "last.ckpt")])
