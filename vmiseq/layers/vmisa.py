@@ -326,12 +326,14 @@ class VMISALayer(nn.Module):
     def _forward_global(self, x: Tensor) -> Tensor:
         grid = (x.shape[2], x.shape[3]) if x.dim() == 4 else None
         u, _ = self._local_mix(x, None)
+        # Inference (no autograd): activations in place, two fewer (B, L, D) allocations.
+        inference = not torch.is_grad_enabled()
         q, v = self.f12(u).chunk(2, dim=-1)
-        q = F.relu6(q)
+        q = F.relu6(q, inplace=inference)
         y = vmisa_global(
             q, v, self._alpha(u, None, grid), self.beta0, self.beta1, rank_mask=self.rank_mask, backend=self.backend
         )
-        out = self.g(F.relu6(y))
+        out = self.g(F.relu6(y, inplace=inference))
         if grid is None:
             return self.drop(out)
         # (B, L, C) -> (B, C, H, W) is a free view in channels_last memory format.
