@@ -34,13 +34,13 @@ def history(B=2, T=40, N=3, seed=1) -> torch.Tensor:
 
 def online_vs_batch(model: VMISAForecaster, x: torch.Tensor, start=None) -> float:
     """Feed x one observation at a time; compare every forecast with the batch forward."""
-    P = model.config.patch_len
+    P = model.min_history
     state = model.init_state(x.shape[0], start=start)
     worst = 0.0
     for t in range(x.shape[1]):
         state = model.update(x[:, t], state)
         if t + 1 < P:
-            with pytest.raises(ValueError, match="patch_len"):
+            with pytest.raises(ValueError, match="patch_len|seq_len"):
                 model.forecast(state)
             continue
         with torch.no_grad():
@@ -58,6 +58,7 @@ def online_vs_batch(model: VMISAForecaster, x: torch.Tensor, start=None) -> floa
         dict(norm="none"),
         dict(channel_independent=False),
         dict(cycle_len=5),
+        dict(linear_skip=True, cycle_len=5),
         dict(patch_len=3, stride=3, decay=None),
         dict(patch_len=4, stride=6),  # stride > patch: observations between patches are skipped
         dict(decay="scalar", rank_mask=True),
@@ -223,6 +224,9 @@ def test_bad_inputs():
         model.forecast(None)
     with pytest.raises(ValueError, match="batch_size"):
         model.init_state(0)
+    skip = small(linear_skip=True)
+    with pytest.raises(ValueError, match="seq_len"):
+        skip(torch.randn(2, 20, 3))
     with pytest.raises(ValueError, match="unknown"):
         ForecasterConfig.from_dict({"n_vars": 3, "wings": 2})
 

@@ -86,13 +86,17 @@ class ForecasterConfig:
             normalised units, is subtracted from the input before the blocks and added to
             the forecast; it needs the absolute time index of the first observation
             (``start`` in :meth:`VMISAForecaster.forward` and ``init_state``).
+        linear_skip: add ``Linear(seq_len -> pred_len)`` of the last ``seq_len`` normalised
+            observations to the head (an RLinear path beside the blocks). Online it needs a
+            buffer of ``seq_len`` observations -- constant, but it makes ``seq_len`` the
+            minimum history.
     """
 
     n_vars: int = 7
     pred_len: int = 96
     seq_len: int = 96
     patch_len: int = 16
-    stride: int = 8
+    stride: int = 16
     d_model: int = 64
     n_layers: int = 2
     expand: int = 2
@@ -100,7 +104,7 @@ class ForecasterConfig:
     mixer: str = "vmisa"
     n_heads: int = 4
     channel_independent: bool = True
-    norm: str = "ema"
+    norm: str = "expanding"
     norm_halflife: float = 96.0
     norm_affine: bool = True
     norm_eps: float = 1e-5
@@ -108,10 +112,11 @@ class ForecasterConfig:
     rank_mask: bool = False
     alpha: str = "input"
     conv_kernel: int = 4
-    dropout: float = 0.1
+    dropout: float = 0.3
     drop_path: float = 0.0
     head_dropout: float = 0.0
     cycle_len: int = 0
+    linear_skip: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_vars", "pred_len", "seq_len", "patch_len", "stride", "d_model", "n_layers", "expand", "n_heads", "conv_kernel"):
@@ -256,7 +261,8 @@ class ForecasterState:
 
     Attributes:
         count: observations seen so far (the same for every series of the batch).
-        buffer: (B, patch_len, N) the last ``patch_len`` observations (raw), oldest first.
+        buffer: (B, K, N) the last K observations (raw), oldest first; K = patch_len, or
+            max(patch_len, seq_len) with linear_skip.
         s0: () float64 running weight sum; s1, s2: (B, N) float64 running sums of x and x^2.
         phases: ``stride`` lists (one per phase T mod stride) of per-layer mixer states.
         last_hidden: (B', d_model) features of the newest token (None before the first patch).
@@ -316,6 +322,8 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         self.head = nn.Linear(d, out_dim)
         if cfg.cycle_len > 0:
             self.cycle = nn.Parameter(torch.zeros(cfg.cycle_len, N))
+        if cfg.linear_skip:
+            self.skip = nn.Linear(cfg.seq_len, cfg.pred_len)
 
     # ------------------------------------------------------------------ shared pieces
     def _check_history(self, x: Tensor) -> None:
@@ -326,8 +334,15 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
             raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
         if x.dim() != 3 or x.shape[-1] != cfg.n_vars:
             raise ValueError(f"x: expected shape (B, T, N) with N={cfg.n_vars}, got {tuple(x.shape)}")
-        if x.shape[1] < cfg.patch_len:
-            raise ValueError(f"x: expected a history of at least patch_len={cfg.patch_len} steps, got T={x.shape[1]}")
+        if x.shape[1] < self.min_history:
+            what = "seq_len (linear_skip=True)" if cfg.linear_skip else "patch_len"
+            raise ValueError(f"x: expected a history of at least {what}={self.min_history} steps, got T={x.shape[1]}")
+
+    @property
+    def min_history(self) -> int:
+        """Fewest observations a forecast needs."""
+        cfg = self.config
+        return max(cfg.patch_len, cfg.seq_len) if cfg.linear_skip else cfg.patch_len
 
     def _check_start(self, start, batch: int, device) -> Optional[Tensor]:
         """The (B,) absolute time index of the first observation (needed with a cycle)."""
@@ -370,11 +385,18 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         return self.embed_drop(self.embed(z))
 
     def _decode(
-        self, h_last: Tensor, mean: Optional[Tensor], std: Optional[Tensor], batch: int, next_index: Optional[Tensor]
+        self,
+        h_last: Tensor,
+        mean: Optional[Tensor],
+        std: Optional[Tensor],
+        batch: int,
+        next_index: Optional[Tensor],
+        window: Optional[Tensor] = None,
     ) -> Tensor:
         """Last-token features (B', d) -> forecast (B, H, N) in the data's units.
 
-        ``next_index`` (B,): absolute time index of the first forecast step (cycle only).
+        ``next_index`` (B,): absolute time index of the first forecast step (cycle only);
+        ``window`` (B, seq_len, N): the last raw observations (linear_skip only).
         """
         cfg = self.config
         y = self.head(self.head_drop(self.final_norm(h_last)))
@@ -382,6 +404,16 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
             y = y.view(batch, cfg.n_vars, cfg.pred_len).transpose(1, 2)
         else:
             y = y.view(batch, cfg.pred_len, cfg.n_vars)
+        if cfg.linear_skip:  # RLinear path: same normalisation (final statistics), minus the cycle
+            L = cfg.seq_len
+            z = self._normalise(
+                window.transpose(1, 2).unsqueeze(1),
+                None if mean is None else mean.unsqueeze(1),
+                None if std is None else std.unsqueeze(1),
+            ).squeeze(1)  # (B, N, L)
+            if next_index is not None:
+                z = z - self._cycle_at(next_index.unsqueeze(1) - L + torch.arange(L, device=z.device)).transpose(1, 2)
+            y = y + self.skip(z).transpose(1, 2)
         if cfg.cycle_len > 0:
             steps = torch.arange(cfg.pred_len, device=y.device)
             y = y + self._cycle_at(next_index.unsqueeze(1) + steps)
@@ -421,7 +453,8 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
             h = block(h)
         last_mean = None if mean is None else mean[:, -1]
         last_std = None if std is None else std[:, -1]
-        return self._decode(h[:, -1], last_mean, last_std, B, None if start is None else start + T)
+        window = x[:, T - cfg.seq_len :] if cfg.linear_skip else None
+        return self._decode(h[:, -1], last_mean, last_std, B, None if start is None else start + T, window)
 
     # ------------------------------------------------------------------ online
     def init_state(self, batch_size: int, device=None, dtype=None, start=None) -> ForecasterState:
@@ -440,7 +473,7 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         phases = [[blk.init_state(inner_batch, device, dtype) for blk in self.blocks] for _ in range(cfg.stride)]
         return ForecasterState(
             count=0,
-            buffer=torch.zeros(batch_size, cfg.patch_len, cfg.n_vars, device=device, dtype=dtype),
+            buffer=torch.zeros(batch_size, self.min_history if cfg.linear_skip else cfg.patch_len, cfg.n_vars, device=device, dtype=dtype),
             s0=torch.zeros((), dtype=torch.float64, device=device),
             s1=torch.zeros(batch_size, cfg.n_vars, dtype=torch.float64, device=device),
             s2=torch.zeros(batch_size, cfg.n_vars, dtype=torch.float64, device=device),
@@ -480,7 +513,7 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         mean = std = None
         if cfg.norm != "none":
             mean, std = moments_to_stats(s0, s1, s2, cfg.norm_eps)  # (B, N)
-        patch = buffer.transpose(1, 2).unsqueeze(1)  # (B, 1, N, P)
+        patch = buffer[:, buffer.shape[1] - cfg.patch_len :].transpose(1, 2).unsqueeze(1)  # (B, 1, N, P)
         z = self._normalise(patch, None if mean is None else mean.unsqueeze(1), None if std is None else std.unsqueeze(1))
         if state.start is not None:
             idx = state.start.view(B, 1) + (count - cfg.patch_len) + torch.arange(cfg.patch_len, device=z.device)
@@ -501,13 +534,15 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         """The next ``pred_len`` steps after the observations fed so far: (B, H, N)."""
         if not isinstance(state, ForecasterState):
             raise TypeError(f"state: expected a ForecasterState from init_state, got {type(state).__name__}")
-        if state.last_hidden is None:
+        cfg = self.config
+        if state.last_hidden is None or state.count < self.min_history:
+            what = "seq_len (linear_skip=True)" if cfg.linear_skip else "patch_len"
             raise ValueError(
-                f"state: expected at least patch_len={self.config.patch_len} observations before a forecast, "
-                f"got {state.count}"
+                f"state: expected at least {what}={self.min_history} observations before a forecast, got {state.count}"
             )
         next_index = None if state.start is None else state.start + state.count
-        return self._decode(state.last_hidden, state.last_mean, state.last_std, state.batch_size, next_index)
+        window = state.buffer[:, state.buffer.shape[1] - cfg.seq_len :] if cfg.linear_skip else None
+        return self._decode(state.last_hidden, state.last_mean, state.last_std, state.batch_size, next_index, window)
 
     # ------------------------------------------------------------------ save / load
     def _save_extra(self, directory: Path) -> None:
