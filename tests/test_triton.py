@@ -358,3 +358,26 @@ def test_kernels_compile_for_h100():
         assert vec == "True", f"{kernel} BLOCK_D={bd} warps={w}: tile loads are not vectorised"
         if cap == "None":
             assert int(spill) == 0, f"{kernel} BLOCK_D={bd} warps={w}: {spill} bytes of register spills"
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the dry run is the CPU stand-in for the GPU benchmark")
+def test_benchmark_script_dry_run(tmp_path):
+    """benchmarks/bench_kernel.py's GPU pipeline (timing, traffic model, targets, JSON, plots)
+    run end to end on CPU at toy sizes."""
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kernel.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--dry-run", "--lengths", "64", "--decays", "none", "channel",
+         "--methods", "triton", "torch", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads((tmp_path / "bench_kernel_dryrun.json").read_text())["results"]
+    timed = [r for r in res["rows"] if "ms" in r]
+    assert {(r["method"], r["decay"], r["mode"]) for r in timed} == {
+        (m, d, mode) for m in ("triton", "torch") for d in ("none", "channel") for mode in ("fwd", "fwd+bwd")
+    }
+    assert all(r["GB/s"] > 0 for r in timed)
+    assert (tmp_path / "bench_kernel_dryrun_fwd.png").exists()
