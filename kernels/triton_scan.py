@@ -39,11 +39,13 @@ NAN_ENV = "VMISEQ_DEBUG_NAN"  # "1": fill every buffer the kernels write with Na
 SCAN_ENV = "VMISEQ_TRITON_SCAN"  # "native" / "doubling": force the in-chunk decay scan
 
 
-def _configs(kernel: str) -> list[triton.Config]:
+def _configs(kernel: str, gpu: bool | None = None) -> list[triton.Config]:
     """Autotuning space of one kernel; one default config under the interpreter or without a
     GPU driver. ``LOOP_STAGES`` is the software-pipelining depth of the chunk loop (Triton
     prefetches the next chunks' tiles with cp.async); 1 turns it off."""
-    if INTERPRET or not torch.cuda.is_available():
+    if gpu is None:
+        gpu = torch.cuda.is_available() and not INTERPRET
+    if not gpu:
         return [triton.Config({"BLOCK_D": 64, "LOOP_STAGES": 1}, num_warps=4, num_stages=1)]
     shapes = FWD_SHAPES if kernel == "fwd" else BWD_SHAPES
     return [
@@ -63,7 +65,8 @@ FWD_SHAPES = ((16, 4, None), (32, 4, None), (32, 8, 96), (64, 8, 128))
 BWD_SHAPES = ((16, 4, None), (16, 8, 128), (32, 8, None), (32, 8, 128))
 FWD_CONFIGS = _configs("fwd")
 BWD_CONFIGS = _configs("bwd")
-MIN_BLOCK_D = min(c.kwargs["BLOCK_D"] for c in BWD_CONFIGS)
+# rows of the per-D-block partial sums: enough for any config the GPU autotuner may pick
+MIN_BLOCK_D = min(c.kwargs["BLOCK_D"] for c in BWD_CONFIGS + _configs("bwd", gpu=True))
 
 
 def _prune(configs, named_args, **kwargs):

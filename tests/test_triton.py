@@ -381,3 +381,16 @@ def test_benchmark_script_dry_run(tmp_path):
     }
     assert all(r["GB/s"] > 0 for r in timed)
     assert (tmp_path / "bench_kernel_dryrun_fwd.png").exists()
+
+
+def test_gpu_autotune_space():
+    """The GPU configs (not used by the interpreter) build, prune by D and fit the buffers."""
+    for kernel in ("fwd", "bwd"):
+        configs = triton_scan._configs(kernel, gpu=True)
+        assert len(configs) >= 6
+        assert all(c.kwargs["LOOP_STAGES"] in (1, 2, 3) for c in configs)
+        assert min(c.kwargs["BLOCK_D"] for c in configs) >= triton_scan.MIN_BLOCK_D
+        narrow = triton_scan._prune(configs, {"D": 16})
+        assert narrow and all(c.kwargs["BLOCK_D"] <= 16 for c in narrow)
+        assert len(triton_scan._prune(configs, {"D": 2048})) == len(configs)
+    assert len(triton_scan._configs("fwd", gpu=False)) == 1
