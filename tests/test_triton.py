@@ -7,8 +7,8 @@ the same tests run the compiled kernels on CUDA tensors.
 Stated tolerances (the reference is the naive loop in float64 on the same input values):
 * fp32 inputs: max |out - ref| <= 2e-5 * max(1, max |ref|), for y, the final state and
   every gradient;
-* bf16 inputs: relative RMS error ||out - ref|| / ||ref|| <= 1e-2 (bf16 keeps 8 bits:
-  one rounding of the output is ~2e-3 relative);
+* bf16 (and fp16) inputs: relative RMS error ||out - ref|| / ||ref|| <= 1e-2 (bf16 keeps
+  8 bits: one rounding of the output is ~2e-3 relative);
 * fp64 inputs (run in float64 inside the kernel): max error <= 1e-12 * max(1, max |ref|).
 Every buffer the kernels write is NaN-filled before the launch (VMISEQ_DEBUG_NAN=1), so an
 element a kernel forgets to write fails the comparison.
@@ -118,7 +118,7 @@ def check(actual: dict, ref: dict, dtype: torch.dtype) -> None:
         a, r = actual[k].double().cpu(), ref[k].double().cpu()
         assert a.shape == r.shape, k
         assert torch.isfinite(a).all(), f"{k}: non-finite values (an unwritten NaN-filled element?)"
-        if dtype == torch.bfloat16:
+        if dtype in (torch.bfloat16, torch.float16):
             rms = (a - r).norm() / r.norm().clamp_min(1e-30)
             assert rms <= TOL_BF16_RMS, f"{k}: relative RMS error {rms:.2e} > {TOL_BF16_RMS}"
         else:
@@ -153,6 +153,7 @@ SUBSET = [
     (65, 130, "BLD", "BL", 5, True, torch.bfloat16, "scalar"),
     (300, 48, "L", "BLD", 0, False, torch.bfloat16, "D"),
     (64, 48, "L", None, "per_seq", True, torch.bfloat16, "scalar"),
+    (65, 48, "BL", "BL", 5, True, torch.float16, "D"),
 ]
 
 
