@@ -79,9 +79,10 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
 
 def compile_variant(
     kernel: str, block_d: int, num_warps: int, num_stages: int, decay: str, dtype: str = "bf16", arch: int = 90,
-    maxnreg: int | None = None,
+    maxnreg: int | None = None, **flags: bool,
 ) -> Resources:
-    """Compile one specialisation of ``_vmisa_fwd_kernel`` / ``_vmisa_bwd_kernel`` to a cubin."""
+    """Compile one specialisation of ``_vmisa_fwd_kernel`` / ``_vmisa_bwd_kernel`` to a cubin
+    (``flags`` override the constexpr switches)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -97,6 +98,7 @@ def compile_variant(
         HAS_DECAY=decay != "none", DECAY_PER_CH=decay == "channel", BETA_PER_CH=True, USE_MASK=True,
         VARLEN=False, NATIVE_SCAN=True, LOOP_STAGES=num_stages,
     )
+    consts.update(flags)  # e.g. VARLEN=True, ALPHA_PER_CH=True, BETA_PER_CH=False, USE_MASK=False
     if kernel == "bwd":
         consts["NEED_DDECAY"] = decay != "none"
     sig, attrs = _signature(fn, DTYPES[dtype], acc, consts)

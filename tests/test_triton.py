@@ -349,12 +349,16 @@ def test_kernels_compile_for_h100():
         "    for bd, w, cap in shapes:\n"
         "        r = compile_variant(k, bd, w, 2, 'channel', maxnreg=cap)\n"
         "        print(k, bd, w, cap, r.registers, r.spill_bytes, r.vector_loads)\n"
+        "for k in ('fwd', 'bwd'):  # the other constexpr branches: packed, per-channel alpha, ...\n"
+        "    r = compile_variant(k, 16, 4, 2, 'token', VARLEN=True, ALPHA_PER_CH=True, BETA_PER_CH=False,\n"
+        "                        USE_MASK=False)\n"
+        "    print(k, 16, 4, 'None', r.registers, r.spill_bytes, r.vector_loads)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line.split() for line in out.stdout.strip().splitlines()]
-    assert len(rows) == len(triton_scan.FWD_SHAPES) + len(triton_scan.BWD_SHAPES)
+    assert len(rows) == len(triton_scan.FWD_SHAPES) + len(triton_scan.BWD_SHAPES) + 2
     for kernel, bd, w, cap, regs, spill, vec in rows:
         assert vec == "True", f"{kernel} BLOCK_D={bd} warps={w}: tile loads are not vectorised"
         if cap == "None":
