@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--dim", type=int, default=128, help="width (default: %(default)s)")
     m.add_argument("--depth", type=int, default=4, help="blocks (default: %(default)s)")
     m.add_argument("--expand", type=int, default=1, help="VMI-SA inner width multiple (default: %(default)s)")
-    m.add_argument("--mlp-ratio", type=float, default=None, help="MLP hidden width / dim, 0 for none (default: 3 vmisa, 4 attention/gla as nanoGPT)")
+    m.add_argument("--mlp-ratio", type=float, default=None, help="MLP hidden width / dim, 0 for none (default: 2 vmisa, 4 attention/gla as nanoGPT)")
     m.add_argument("--alpha", choices=("input", "position", "constant"), default="input", help="VMI-SA alpha mode (default: %(default)s)")
     m.add_argument("--decay", choices=("none", "input", "scalar"), default="scalar", help="VMI-SA forget gate (default: %(default)s)")
     m.add_argument("--rank-mask", action="store_true", help="apply the paper's rank mask M (off by default for language)")
@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.lr is None:
         args.lr = 1e-3 if args.mixer == "attention" else 2e-3
     if args.mlp_ratio is None:
-        args.mlp_ratio = 3.0 if args.mixer == "vmisa" else 4.0
+        args.mlp_ratio = 2.0 if args.mixer == "vmisa" else 4.0
     return args
 
 

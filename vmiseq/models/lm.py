@@ -74,7 +74,7 @@ class VMISAConfig:
     decay: Optional[str] = "scalar"
     rank_mask: bool = False
     norm: str = "layernorm"
-    mlp_ratio: float = 3.0
+    mlp_ratio: float = 2.0
     dropout: float = 0.0
     tie_embeddings: bool = True
     n_heads: int = 4
