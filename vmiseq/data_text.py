@@ -41,7 +41,7 @@ def kjv_path() -> Path:
 
 
 def _read_jsonl_text(path: Path) -> str:
-    """``text`` fields of a JSON-lines file, one per line (via ``datasets`` when present)."""
+    """``text`` fields of a JSON-lines file, joined with newlines (clear errors for bad lines)."""
     lines = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f):
