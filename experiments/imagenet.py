@@ -44,7 +44,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         drop_path=0.0, crop_pct=0.875,
     ),
     "fashion-mnist": dict(
-        model="vminet_mnist", img_size=28, epochs=8, batch_size=128, lr_base=2e-3, lr_base_batch=128,
+        model="vminet_mnist", img_size=28, epochs=6, batch_size=128, lr_base=2e-3, lr_base_batch=128,
         weight_decay=0.05, warmup_epochs=0.3, warmup_lr=1e-5, min_lr=1e-5, label_smoothing=0.1,
         mixup=0.0, cutmix=0.0, cutmix_switch_prob=0.5, randaugment_m=None, random_erasing=0.0,
         drop_path=0.0, crop_pct=1.0,
