@@ -365,13 +365,33 @@ def scan_chunk(
     return scan_torch(z, torch.ones_like(z[:1, :1, :1]).expand_as(z), alpha, beta, initial_state, positions, use_rank_mask, decay)
 
 
-def global_chunk(z: Tensor, alpha: Tensor, beta0: Tensor, beta1: Tensor, use_rank_mask: bool) -> Tensor:
-    """Non-causal VMI-SA (Eq. 10), vectorised: one weighted sum over tokens."""
+def global_chunk(
+    z: Tensor, alpha: Tensor, beta0: Tensor, beta1: Tensor, use_rank_mask: bool, overwrite_z: bool = False
+) -> Tensor:
+    """Non-causal VMI-SA (Eq. 10), vectorised: one weighted sum over tokens.
+
+    alpha (B|1, L, 1) (one weight per token) takes the sum as one batched matrix-vector
+    product (no (B, L, D) temporary); the rank mask only touches the first min(L, D) tokens.
+    ``overwrite_z``: z is a scratch tensor the caller no longer needs (and autograd does not
+    track): the output is written into it, saving a (B, L, D) allocation.
+    """
     B, L, D = z.shape
-    w = alpha * z
     n_masked = min(L, D) if use_rank_mask else 0  # token t feeds only channels c <= t
-    s = w[:, n_masked:].sum(dim=1)
-    if n_masked > 0:
-        t = torch.arange(n_masked, device=z.device)
-        s = s + (w[:, :n_masked] * rank_mask(t, D).to(w.dtype)).sum(dim=1)
-    return beta0 * s.unsqueeze(1) + beta1 * z
+    if alpha.shape[-1] == 1:
+        a = alpha.transpose(1, 2).expand(B, 1, L)  # (B, 1, L)
+        s = torch.bmm(a[:, :, n_masked:], z[:, n_masked:])  # (B, 1, D)
+        if n_masked > 0:
+            t = torch.arange(n_masked, device=z.device)
+            zm = z[:, :n_masked] * rank_mask(t, D).to(z.dtype)
+            s = s + torch.bmm(a[:, :, :n_masked], zm)
+    else:
+        w = alpha * z
+        s = w[:, n_masked:].sum(dim=1)
+        if n_masked > 0:
+            t = torch.arange(n_masked, device=z.device)
+            s = s + (w[:, :n_masked] * rank_mask(t, D).to(w.dtype)).sum(dim=1)
+        s = s.unsqueeze(1)
+    # y = beta0 * s + beta1 * z in one pass
+    if overwrite_z:
+        return torch.addcmul(beta0 * s, beta1, z, out=z)
+    return torch.addcmul(beta0 * s, beta1, z)

@@ -242,4 +242,8 @@ def vmisa_global(
     name = resolve_backend(backend, q.device)
     z = q.to(acc) * v.to(acc)
     fn = naive.global_naive if name == "naive" else chunk.global_chunk
-    return fn(z, alpha_n, b0, b1, rank_mask).to(q.dtype)
+    if name == "naive":
+        return fn(z, alpha_n, b0, b1, rank_mask).to(q.dtype)
+    # z is a fresh temporary here: without autograd the output can reuse its memory
+    overwrite = not (torch.is_grad_enabled() and any(t.requires_grad for t in (z, alpha_n, b0, b1)))
+    return fn(z, alpha_n, b0, b1, rank_mask, overwrite_z=overwrite).to(q.dtype)
