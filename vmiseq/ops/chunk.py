@@ -352,18 +352,6 @@ def scan_torch(
     return y, final
 
 
-def scan_chunk(
-    z: Tensor,
-    alpha: Tensor,
-    beta: Tensor,
-    initial_state: Tensor,
-    positions: Tensor,
-    use_rank_mask: bool,
-    decay: Optional[Tensor],
-) -> tuple[Tensor, Tensor]:
-    """Same contract as ``scan_naive`` (from z = q * v): the product with ones."""
-    return scan_torch(z, torch.ones_like(z[:1, :1, :1]).expand_as(z), alpha, beta, initial_state, positions, use_rank_mask, decay)
-
 
 def global_chunk(
     z: Tensor, alpha: Tensor, beta0: Tensor, beta1: Tensor, use_rank_mask: bool, overwrite_z: bool = False
