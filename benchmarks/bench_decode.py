@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """Streaming decode speed and state size: VMI-SA vs the Transformer (KV cache) and GLA.
 
-For each model the prompt is prefilled (parallel path, in chunks) up to a position, then
-``--steps`` tokens are decoded one at a time; tokens/s is the median over ``--repeats``.
-VMI-SA's cost per token should not depend on the position (flat from 100 to 100k); the
-Transformer's grows with its KV cache. State bytes are per sequence at that position.
+For each model the prompt is prefilled (parallel path, in chunks) up to every position and
+the state there is kept. The timing then goes round-robin: in each of ``--rounds`` rounds,
+every (model, position) cell decodes ``--steps`` tokens from its saved state, so load from
+other processes spreads evenly over the cells instead of biasing whichever position was
+timed during a noisy moment. A cell's figure is the median over rounds. VMI-SA's cost per
+token should not depend on the position (flat from 100 to 100k); the Transformer's grows
+with its KV cache. State bytes are per sequence at that position.
 
     flock /tmp/vmiseq-cpu.lock python benchmarks/bench_decode.py
     python benchmarks/bench_decode.py --quick      # small sizes, a few seconds
@@ -12,13 +15,14 @@ Transformer's grows with its KV cache. State bytes are per sequence at that posi
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, fmt, parse_size, print_table, progress, save_plot, time_fn, write_json  # noqa: E402
+from common import RESULTS_DIR, parse_size, print_table, progress, save_plot, time_fn, write_json  # noqa: E402
 
 from vmiseq.models import VMISAConfig, VMISAForCausalLM  # noqa: E402
 
@@ -45,20 +49,16 @@ def advance(model: VMISAForCausalLM, state, tokens: int, chunk: int, gen: torch.
 
 
 @torch.no_grad()
-def decode_rate(model: VMISAForCausalLM, state, steps: int, repeats: int) -> tuple[float, object]:
-    """Tokens/s of ``steps`` greedy-free decode steps starting from ``state`` (median)."""
+def decode_seconds(model: VMISAForCausalLM, state, steps: int) -> float:
+    """Seconds per decode step over ``steps`` steps starting from ``state`` (left unchanged)."""
     tok = torch.zeros(args_batch, dtype=torch.long)
-    # one step first: the KV cache grows its buffer here, not inside the timed loop
-    _, state = model.step(tok, state)
 
     def run():
         s = state
         for _ in range(steps):
             _, s = model.step(tok, s)
-        return s
 
-    t = time_fn(run, warmup=1, repeats=repeats)
-    return args_batch * steps / t["median"], state
+    return time_fn(run, warmup=0, repeats=1)["median"] / steps
 
 
 def main(argv=None) -> None:
@@ -70,8 +70,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=1, help="sequences decoded together (default: %(default)s)")
     p.add_argument("--positions", default="100,1k,10k,100k", help="VMI-SA / GLA positions (default: %(default)s)")
     p.add_argument("--attn-positions", default="100,1k,8k", help="Transformer positions (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=64, help="decode steps timed per repeat (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats, median reported (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=32, help="decode steps per cell and round (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=15, help="round-robin rounds, median reported (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads; one sequence decodes fastest on one (default: %(default)s)")
     p.add_argument("--chunk", type=int, default=2048, help="prefill chunk (default: %(default)s)")
     p.add_argument("--mixers", default="vmisa,attention,gla", help="models to run (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
@@ -80,26 +81,37 @@ def main(argv=None) -> None:
     global args_batch
     args_batch = args.batch
     if args.quick:
-        args.dim, args.depth, args.steps, args.repeats = 64, 2, 16, 3
+        args.dim, args.depth, args.steps, args.rounds = 64, 2, 8, 3
         args.positions, args.attn_positions = "100,2k", "100,2k"
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     pos_v = [parse_size(s) for s in args.positions.split(",")]
     pos_a = [parse_size(s) for s in args.attn_positions.split(",")]
-    rows = []
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models, states = {}, {}
     for mixer in args.mixers.split(","):
         positions = pos_a if mixer == "attention" else pos_v
-        model = build(mixer, args, max_len=max(positions) + args.steps * (args.repeats + 2) + 8)
+        model = models[mixer] = build(mixer, args, max_len=max(positions) + args.steps + 8)
         state, at = None, 0
-        for pos in progress(positions, desc=mixer):
+        for pos in progress(positions, desc=f"prefill {mixer}"):
             state = advance(model, state, pos - at, args.chunk, gen)
             at = pos
-            rate, s1 = decode_rate(model, state, args.steps, args.repeats)
-            rows.append({
-                "mixer": mixer, "position": pos, "tokens/s": rate, "ms/token": 1000 * args.batch / rate,
-                "state bytes/seq": state.nbytes() // args.batch, "params": model.num_parameters(),
-            })
-            print(f"{mixer:9s} position {pos:>7d}: {rate:8.1f} tokens/s, state {fmt(rows[-1]['state bytes/seq'])} B/seq")
+            # one step first (its result is not kept): the KV cache grows its buffer and
+            # every lazy initialisation happens here, not inside a timed sample
+            model.step(torch.zeros(args.batch, dtype=torch.long), state)
+            states[(mixer, pos)] = state
+    samples = {cell: [] for cell in states}
+    for _ in progress(range(args.rounds), desc="rounds"):
+        for (mixer, pos), state in states.items():
+            samples[(mixer, pos)].append(decode_seconds(models[mixer], state, args.steps))
+    rows = []
+    for (mixer, pos), state in states.items():
+        sec = statistics.median(samples[(mixer, pos)])
+        rows.append({
+            "mixer": mixer, "position": pos, "tokens/s": args.batch / sec, "ms/token": 1000 * sec,
+            "state bytes/seq": state.nbytes() // args.batch, "params": models[mixer].num_parameters(),
+        })
     print_table(rows, ["mixer", "position", "tokens/s", "ms/token", "state bytes/seq", "params"],
                 title=f"Decode, batch {args.batch}, dim {args.dim}, depth {args.depth}")
 

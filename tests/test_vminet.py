@@ -183,6 +183,59 @@ def test_fuse_keeps_outputs_and_locks_training(tmp_path):
         VMISALayer(8, causal=True).fuse()
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["onednn", "fallback"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(alpha="position", grid_size=(5, 7), rank_mask=True, out_norm=False),
+        dict(alpha="position", grid_size=(5, 7), rank_mask=False, out_norm=True),
+        dict(alpha="input", rank_mask=True, beta_per_channel=True),
+        dict(alpha="constant", rank_mask=False, out_norm=True),
+    ],
+    ids=["v2", "v1", "input-alpha", "constant-alpha"],
+)
+def test_fused_residual_path_equals_the_plain_block(kwargs, fast, monkeypatch):
+    """The deployment path (oneDNN epilogues, in-place element-wise work) computes exactly
+    x + layer(x) of the unfused layer; without oneDNN's fused Linear it falls back."""
+    import vmiseq.layers.vmisa as vmisa_mod
+    from vmiseq.layers import VMISABlock
+
+    calls = []
+    if fast:
+        op = vmisa_mod._MKLDNN_LINEAR
+        if op is None:
+            pytest.skip("this torch build has no oneDNN fused Linear")
+
+        class Spy:  # counts the fast path's calls, so the test knows which path ran
+            def __call__(self, *a):
+                calls.append("linear")
+                return op(*a)
+
+            def binary(self, *a):
+                calls.append("binary")
+                return op.binary(*a)
+
+        monkeypatch.setattr(vmisa_mod, "_MKLDNN_LINEAR", Spy())
+    else:
+        monkeypatch.setattr(vmisa_mod, "_MKLDNN_LINEAR", None)
+    torch.manual_seed(0)
+    block = VMISABlock(12, expand=2, causal=False, norm="batchnorm", conv_kernel=3, **kwargs).eval()
+    _randomise_bn(block)
+    with torch.no_grad():
+        block.mixer.beta0.uniform_(0.5, 1.5)
+        block.mixer.beta1.uniform_(0.5, 1.5)
+    x = torch.randn(3, 12, 5, 7).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        before = block(x)
+        block.mixer.fuse()
+        after = block(x)
+        nchw = block(x.contiguous())  # a plain NCHW input works too
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(nchw, before, rtol=1e-5, atol=1e-5)
+    assert after.shape == x.shape
+    assert calls == (["linear", "linear", "binary"] * 2 if fast else [])
+
+
 def test_save_load_round_trip_exact(tmp_path):
     torch.manual_seed(0)
     m = create_model("vminet_ti", depths=(1, 1, 2, 1), img_size=64, num_classes=5, drop_path_rate=0.1)

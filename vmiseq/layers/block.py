@@ -77,6 +77,8 @@ class VMISABlock(nn.Module):
         return x + self.drop_path(self.mlp(self.mlp_norm(x)))
 
     def forward(self, x: Tensor, state: Optional[VMISAState] = None, output_state: bool = False):
+        if self.mixer.fused and not self.training and state is None and not output_state:
+            return self._mlp(self.mixer.residual_forward(x))  # deployment: residual in g's epilogue
         if output_state:
             y, new_state = self.mixer(x, state, output_state=True)
             return self._mlp(x + self.drop_path(y)), new_state

@@ -18,10 +18,33 @@ from einops import rearrange
 from torch import Tensor
 
 from ..ops import acc_dtype, vmisa_global, vmisa_scan
+from ..ops.chunk import global_chunk
 from ..ops.vmisa import BACKENDS
 from .state import VMISAState
 
 ALPHA_MODES = ("input", "position", "constant")
+
+
+def _mkldnn_linear_ops():
+    """oneDNN's Linear with a fused epilogue (the ops torch.compile emits on CPU), or None.
+
+    ``_linear_pointwise(x, W, b, "hardtanh", [0, 6], "")`` is ``relu6(x @ W.T + b)`` and
+    ``_linear_pointwise.binary(x, r, W, b, "add")`` is ``r + x @ W.T + b``, each one pass
+    over the output instead of bias copy + GEMM + element-wise pass.
+    """
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+    try:
+        x, w = torch.ones(2, 3), torch.ones(4, 3)
+        if op is None or not torch.equal(op(x, w, None, "hardtanh", [0.0, 6.0], ""), torch.full((2, 4), 3.0)):
+            return None
+        if not torch.equal(op.binary(x, torch.ones(2, 4), w, None, "add"), torch.full((2, 4), 4.0)):
+            return None
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return None
+    return op
+
+
+_MKLDNN_LINEAR = _mkldnn_linear_ops()
 DECAY_MODES = (None, "input", "scalar")
 NORMS = ("layernorm", "rmsnorm", "batchnorm", "none")
 
@@ -140,6 +163,7 @@ class VMISALayer(nn.Module):
         if out_norm and conv_dims != 2:
             raise ValueError(f"out_norm: the BatchNorm after g is for images (conv_dims=2), got conv_dims={conv_dims}")
         self.out_norm = nn.BatchNorm2d(dim) if out_norm else None
+        self.fused = False  # fuse() folded the BatchNorms (deployment only)
 
         if alpha == "position":
             self.alpha_table = nn.Parameter(torch.empty(max_len))
@@ -341,6 +365,39 @@ class VMISALayer(nn.Module):
         if self.out_norm is not None:
             out = self.out_norm(out)
         return self.drop(out)
+
+    @torch.no_grad()
+    def residual_forward(self, x: Tensor) -> Tensor:
+        """``x + self(x)`` for a fused image layer at inference: the deployment fast path.
+
+        The same math as :meth:`_forward_global` plus the block's residual, arranged for
+        the fewest passes over the (B*H*W, D) activations: f1 with ReLU6 and f2 as two
+        oneDNN GEMMs with the bias (and ReLU6) in their epilogue, ``z = q * v`` in place,
+        the global sum and ``beta0 * s + beta1 * z`` written over z (``global_chunk``),
+        ReLU6 in place, and g with the residual add in its epilogue. Falls back to the plain
+        path where oneDNN's fused Linear is unavailable (or off the CPU, or not float32).
+        """
+        usable = (
+            self.fused and _MKLDNN_LINEAR is not None and x.device.type == "cpu"
+            and x.dtype == torch.float32 and x.dim() == 4 and not self.training
+        )
+        if not usable or x.numel() == 0:
+            return x + self(x)
+        self._check_input(x)
+        B, C, H, W = x.shape
+        x = x.contiguous(memory_format=torch.channels_last)
+        u = self.conv(x)  # the BatchNorm is folded in
+        u = u.permute(0, 2, 3, 1).reshape(B * H * W, C)  # a free view in channels_last
+        w1, w2 = self.f12.weight.chunk(2, dim=0)
+        b1, b2 = self.f12.bias.chunk(2, dim=0)
+        z = _MKLDNN_LINEAR(u, w1, b1, "hardtanh", [0.0, 6.0], "")  # q = relu6(f1(u))
+        z.mul_(_MKLDNN_LINEAR(u, w2, b2, "none", [], ""))  # z = q * f2(u)
+        z = z.view(B, H * W, self.inner)
+        alpha = self._alpha(u.view(B, H * W, C), None, (H, W)).reshape(-1, H * W, 1)
+        y = global_chunk(z, alpha, self.beta0, self.beta1, self.rank_mask, overwrite_z=True).clamp_(0.0, 6.0)
+        res = x.permute(0, 2, 3, 1).reshape(B * H * W, C)
+        out = _MKLDNN_LINEAR.binary(y.view(B * H * W, self.inner), res, self.g.weight, self.g.bias, "add")
+        return out.view(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W), channels_last
 
     @torch.no_grad()
     def fuse(self) -> "VMISALayer":

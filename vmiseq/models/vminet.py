@@ -163,7 +163,7 @@ class ConvBN(nn.Sequential):
             conv=nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=True), bn=nn.BatchNorm2d(cout)
         )
         if act:
-            layers["act"] = nn.ReLU6()
+            layers["act"] = nn.ReLU6(inplace=True)  # after a norm (or a folded one): safe in place
         super().__init__(layers)
 
     @torch.no_grad()
