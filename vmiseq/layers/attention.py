@@ -15,9 +15,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .state import BatchedState
+
 
 @dataclass
-class KVCache:
+class KVCache(BatchedState):
     """Keys and values seen so far, per sequence.
 
     Attributes:
@@ -31,22 +33,8 @@ class KVCache:
     position: Tensor
 
     @property
-    def batch_size(self) -> int:
-        return self.k.shape[0]
-
-    @property
     def capacity(self) -> int:
         return self.k.shape[1]
-
-    def detach(self) -> "KVCache":
-        return KVCache(self.k.detach(), self.v.detach(), self.position.clone())
-
-    def to(self, device=None) -> "KVCache":
-        return KVCache(self.k.to(device), self.v.to(device), self.position.to(device))
-
-    def select(self, index: Tensor) -> "KVCache":
-        """Keep (or reorder) sequences of the batch."""
-        return KVCache(self.k[index], self.v[index], self.position[index])
 
     def nbytes(self) -> int:
         """Bytes of the cache actually in use (valid keys and values, all sequences)."""
@@ -54,8 +42,8 @@ class KVCache:
         per_token = self.k.shape[2] * self.k.shape[3] * self.k.element_size() * 2
         return used * per_token + self.position.numel() * self.position.element_size()
 
-    @staticmethod
-    def cat(states: list["KVCache"]) -> "KVCache":
+    @classmethod
+    def cat(cls, states: list["KVCache"]) -> "KVCache":
         """Concatenate caches along the batch (padding the time axis to the longest)."""
         cap = max(s.capacity for s in states)
 

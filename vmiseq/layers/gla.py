@@ -20,13 +20,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .state import BatchedState
+
 GATE_TEMPERATURE = 16.0  # GLA's normaliser: log a = logsigmoid(.) / 16 keeps forgetting slow
 MIN_LOG_DECAY = -4.0  # per-token clamp: exp(+-64) over a 16-token chunk stays inside float32
 CHUNK = 16
 
 
 @dataclass
-class GLAState:
+class GLAState(BatchedState):
     """Streaming state of a GLA layer; its size never grows.
 
     Attributes:
@@ -38,30 +40,6 @@ class GLAState:
     conv: Tensor
     S: Tensor
     position: Tensor
-
-    @property
-    def batch_size(self) -> int:
-        return self.S.shape[0]
-
-    def detach(self) -> "GLAState":
-        return GLAState(self.conv.detach(), self.S.detach(), self.position.clone())
-
-    def to(self, device=None) -> "GLAState":
-        return GLAState(self.conv.to(device), self.S.to(device), self.position.to(device))
-
-    def select(self, index: Tensor) -> "GLAState":
-        return GLAState(self.conv[index], self.S[index], self.position[index])
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.conv, self.S, self.position))
-
-    @staticmethod
-    def cat(states: list["GLAState"]) -> "GLAState":
-        return GLAState(
-            torch.cat([s.conv for s in states]),
-            torch.cat([s.S for s in states]),
-            torch.cat([s.position for s in states]),
-        )
 
 
 def gla_naive(q: Tensor, k: Tensor, v: Tensor, log_a: Tensor, S0: Tensor) -> tuple[Tensor, Tensor]:
