@@ -5,7 +5,9 @@ For each model the prompt is prefilled (parallel path, in chunks) up to every po
 the state there is kept. The timing then goes round-robin: in each of ``--rounds`` rounds,
 every (model, position) cell decodes ``--steps`` tokens from its saved state, so load from
 other processes spreads evenly over the cells instead of biasing whichever position was
-timed during a noisy moment. A cell's figure is the median over rounds. VMI-SA's cost per
+timed during a noisy moment. A cell's figure is the median over rounds. Subnormal floats
+are flushed to zero (``--keep-denormals`` to keep them): GLA's forget gates drive state
+entries into float32 subnormals, which x86 CPUs process at a small fraction of full speed. VMI-SA's cost per
 token should not depend on the position (flat from 100 to 100k); the Transformer's grows
 with its KV cache. State bytes are per sequence at that position.
 
@@ -73,6 +75,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=32, help="decode steps per cell and round (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=15, help="round-robin rounds, median reported (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads; one sequence decodes fastest on one (default: %(default)s)")
+    p.add_argument("--keep-denormals", action="store_true",
+                   help="do not flush float32 subnormals to zero (GLA's decayed state entries then hit the CPU's slow path)")
     p.add_argument("--chunk", type=int, default=2048, help="prefill chunk (default: %(default)s)")
     p.add_argument("--mixers", default="vmisa,attention,gla", help="models to run (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
@@ -89,6 +93,8 @@ def main(argv=None) -> None:
     pos_a = [parse_size(s) for s in args.attn_positions.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.keep_denormals:
+        torch.set_flush_denormal(True)  # fair to GLA: values below 1e-38 are zero either way
     models, states = {}, {}
     for mixer in args.mixers.split(","):
         positions = pos_a if mixer == "attention" else pos_v
