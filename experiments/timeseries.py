@@ -77,9 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--cycle-len", default="auto", help="learned periodic profile length; auto = one day of rows (from the dates), 0 = off")
     m.add_argument("--channel-mixing", action="store_true", help="one token for all variables instead of channel independence")
     m.add_argument("--dropout", type=float, default=0.3, help="dropout (default: %(default)s)")
+    m.add_argument("--linear-path", default="average", choices=("average", "sum", "none"),
+                   help="linear forecaster beside the blocks: averaged with them, each trained on its own loss; "
+                        "summed into the head; or none (default: %(default)s)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--loss", default="mae", choices=("mae", "mse"), help="training loss; metrics are always MSE and MAE (default: %(default)s)")
     o.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    o.add_argument("--linear-lr", type=float, default=5e-3, help="learning rate of the linear path (default: %(default)s)")
     o.add_argument("--lr-decay", type=float, default=0.5, help="learning rate factor per epoch after the first (default: %(default)s)")
     o.add_argument("--batch-size", type=int, default=128, help="training batch size (default: %(default)s)")
     o.add_argument("--epochs", type=int, default=10, help="maximum epochs (default: %(default)s)")
@@ -160,6 +164,7 @@ def make_model(args, n_vars: int, pred_len: int, cycle_len: int):
         norm_halflife=args.norm_halflife,
         cycle_len=cycle_len,
         dropout=args.dropout,
+        linear_path=args.linear_path,
     )
     return VMISAForecaster(cfg)
 
@@ -175,6 +180,8 @@ def lightning_module(model, args):
             super().__init__()
             self.model = model
             self.uses_start = isinstance(model, VMISAForecaster) and model.config.cycle_len > 0
+            # two paths averaged: fit each on its own loss (a two-member ensemble in one model)
+            self.branches = isinstance(model, VMISAForecaster) and model.config.linear_path == "average"
             self._sums: dict[str, list[float]] = {}
 
         def forward(self, x, t0):
@@ -182,8 +189,12 @@ def lightning_module(model, args):
 
         def training_step(self, batch, _):
             x, y, t0 = batch
-            pred = self(x, t0)
-            loss = F.l1_loss(pred, y) if args.loss == "mae" else F.mse_loss(pred, y)
+            loss_fn = F.l1_loss if args.loss == "mae" else F.mse_loss
+            if self.branches:
+                _, paths = self.model(x, start=t0 if self.uses_start else None, return_branches=True)
+                loss = sum(loss_fn(p, y) for p in paths.values()) / len(paths)
+            else:
+                loss = loss_fn(self(x, t0), y)
             self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
             return loss
 
@@ -214,7 +225,10 @@ def lightning_module(model, args):
             self._finish("test")
 
         def configure_optimizers(self):
-            opt = torch.optim.Adam(self.parameters(), lr=args.lr)
+            linear = [p for n, p in self.model.named_parameters() if n.startswith("skip.")]
+            rest = [p for n, p in self.model.named_parameters() if not n.startswith("skip.")]
+            groups = [{"params": rest, "lr": args.lr}] + ([{"params": linear, "lr": args.linear_lr}] if linear else [])
+            opt = torch.optim.Adam(groups)
             # The benchmark code's "type1" schedule: halve (lr_decay) the rate every epoch.
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: args.lr_decay ** epoch)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -50,6 +50,7 @@ from ..layers import MLP, DropPath, VMISABlock
 
 NORMS = ("ema", "expanding", "none")
 MIXERS = ("vmisa", "attention", "gla")
+LINEAR_PATHS = ("average", "sum", "none")
 SCALER_FILE = "scaler.json"
 
 
@@ -85,10 +86,15 @@ class ForecasterConfig:
             normalised units, is subtracted from the input before the blocks and added to
             the forecast; it needs the absolute time index of the first observation
             (``start`` in :meth:`VMISAForecaster.forward` and ``init_state``).
-        linear_skip: add ``Linear(seq_len -> pred_len)`` of the last ``seq_len`` normalised
-            observations to the head (an RLinear path beside the blocks). Online it needs a
-            buffer of ``seq_len`` observations -- constant, but it makes ``seq_len`` the
-            minimum history.
+        linear_path: a linear forecaster beside the blocks, ``Linear(seq_len -> pred_len)``
+            of the last ``seq_len`` normalised observations minus the cycle (RLinear /
+            CycleNet-Linear). "average" (the default): the forecast is the mean of the two
+            paths' forecasts, and training fits each path on its own loss
+            (:meth:`VMISAForecaster.forward` with ``return_branches=True``), so the two act as
+            a two-member ensemble inside one model; "sum": the head and the linear map are
+            added and trained together; "none": the blocks alone. Online the linear path
+            needs a buffer of ``seq_len`` observations -- constant, but it makes ``seq_len``
+            the minimum history.
     """
 
     n_vars: int = 7
@@ -115,9 +121,11 @@ class ForecasterConfig:
     drop_path: float = 0.0
     head_dropout: float = 0.0
     cycle_len: int = 0
-    linear_skip: bool = False
+    linear_path: str = "average"
 
     def __post_init__(self) -> None:
+        if self.linear_path not in LINEAR_PATHS:
+            raise ValueError(f"linear_path: expected one of {LINEAR_PATHS}, got {self.linear_path!r}")
         for name in ("n_vars", "pred_len", "seq_len", "patch_len", "stride", "d_model", "n_layers", "expand", "n_heads", "conv_kernel"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -144,6 +152,9 @@ class ForecasterConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ForecasterConfig":
         names = {f.name for f in dataclasses.fields(cls)}
+        d = dict(d)
+        if "linear_skip" in d and "linear_path" not in d:  # configs saved before linear_path
+            d["linear_path"] = "sum" if d.pop("linear_skip") else "none"
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"config: unknown ForecasterConfig field(s) {unknown}")
@@ -261,7 +272,7 @@ class ForecasterState:
     Attributes:
         count: observations seen so far (the same for every series of the batch).
         buffer: (B, K, N) the last K observations (raw), oldest first; K = patch_len, or
-            max(patch_len, seq_len) with linear_skip.
+            max(patch_len, seq_len) with a linear path.
         s0: () float64 running weight sum; s1, s2: (B, N) float64 running sums of x and x^2.
         phases: ``stride`` lists (one per phase T mod stride) of per-layer mixer states.
         last_hidden: (B', d_model) features of the newest token (None before the first patch).
@@ -321,7 +332,7 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         self.head = nn.Linear(d, out_dim)
         if cfg.cycle_len > 0:
             self.cycle = nn.Parameter(torch.zeros(cfg.cycle_len, N))
-        if cfg.linear_skip:
+        if cfg.linear_path != "none":
             self.skip = nn.Linear(cfg.seq_len, cfg.pred_len)
 
     # ------------------------------------------------------------------ shared pieces
@@ -334,14 +345,14 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         if x.dim() != 3 or x.shape[-1] != cfg.n_vars:
             raise ValueError(f"x: expected shape (B, T, N) with N={cfg.n_vars}, got {tuple(x.shape)}")
         if x.shape[1] < self.min_history:
-            what = "seq_len (linear_skip=True)" if cfg.linear_skip else "patch_len"
+            what = f"seq_len (linear_path={cfg.linear_path!r})" if cfg.linear_path != "none" else "patch_len"
             raise ValueError(f"x: expected a history of at least {what}={self.min_history} steps, got T={x.shape[1]}")
 
     @property
     def min_history(self) -> int:
         """Fewest observations a forecast needs."""
         cfg = self.config
-        return max(cfg.patch_len, cfg.seq_len) if cfg.linear_skip else cfg.patch_len
+        return max(cfg.patch_len, cfg.seq_len) if cfg.linear_path != "none" else cfg.patch_len
 
     def _check_start(self, start, batch: int, device) -> Optional[Tensor]:
         """The (B,) absolute time index of the first observation (needed with a cycle)."""
@@ -391,11 +402,14 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         batch: int,
         next_index: Optional[Tensor],
         window: Optional[Tensor] = None,
-    ) -> Tensor:
+        return_branches: bool = False,
+    ):
         """Last-token features (B', d) -> forecast (B, H, N) in the data's units.
 
         ``next_index`` (B,): absolute time index of the first forecast step (cycle only);
-        ``window`` (B, seq_len, N): the last raw observations (linear_skip only).
+        ``window`` (B, seq_len, N): the last raw observations (linear path only).
+        ``return_branches``: also return {"blocks": ..., "linear": ...}, each path's own
+        forecast in data units (linear_path="average"; their mean is the forecast).
         """
         cfg = self.config
         y = self.head(self.head_drop(self.final_norm(h_last)))
@@ -403,7 +417,8 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
             y = y.view(batch, cfg.n_vars, cfg.pred_len).transpose(1, 2)
         else:
             y = y.view(batch, cfg.pred_len, cfg.n_vars)
-        if cfg.linear_skip:  # RLinear path: same normalisation (final statistics), minus the cycle
+        paths = {"blocks": y}
+        if cfg.linear_path != "none":  # RLinear path: same normalisation (final statistics), minus the cycle
             L = cfg.seq_len
             z = self._normalise(
                 window.transpose(1, 2).unsqueeze(1),
@@ -412,7 +427,20 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
             ).squeeze(1)  # (B, N, L)
             if next_index is not None:
                 z = z - self._cycle_at(next_index.unsqueeze(1) - L + torch.arange(L, device=z.device)).transpose(1, 2)
-            y = y + self.skip(z).transpose(1, 2)
+            paths["linear"] = self.skip(z).transpose(1, 2)
+        if cfg.linear_path == "sum":
+            paths = {"blocks": paths["blocks"] + paths["linear"]}
+        outs = {name: self._denormalise(v, mean, std, next_index) for name, v in paths.items()}
+        forecast = outs["blocks"] if len(outs) == 1 else 0.5 * (outs["blocks"] + outs["linear"])
+        if return_branches:
+            if cfg.linear_path != "average":
+                raise ValueError(f"return_branches: only linear_path='average' has two branches, got {cfg.linear_path!r}")
+            return forecast, outs
+        return forecast
+
+    def _denormalise(self, y: Tensor, mean: Optional[Tensor], std: Optional[Tensor], next_index: Optional[Tensor]) -> Tensor:
+        """A forecast in normalised units (B, H, N) -> plus the cycle -> the data's units."""
+        cfg = self.config
         if cfg.cycle_len > 0:
             steps = torch.arange(cfg.pred_len, device=y.device)
             y = y + self._cycle_at(next_index.unsqueeze(1) + steps)
@@ -423,11 +451,13 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         return y * std.to(y.dtype).unsqueeze(1) + mean.to(y.dtype).unsqueeze(1)
 
     # ------------------------------------------------------------------ batch
-    def forward(self, x: Tensor, start=None) -> Tensor:
+    def forward(self, x: Tensor, start=None, return_branches: bool = False):
         """Forecast the next ``pred_len`` steps after each history: (B, T, N) -> (B, H, N).
 
         ``start``: absolute time index of ``x[:, 0]`` (an int or (B,) integers); only used, and
-        then required, with ``cycle_len > 0``.
+        then required, with ``cycle_len > 0``. ``return_branches`` (linear_path="average"):
+        return ``(forecast, {"blocks": ..., "linear": ...})``, for training each path on its
+        own loss.
         """
         self._check_history(x)
         cfg = self.config
@@ -452,8 +482,9 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
             h = block(h)
         last_mean = None if mean is None else mean[:, -1]
         last_std = None if std is None else std[:, -1]
-        window = x[:, T - cfg.seq_len :] if cfg.linear_skip else None
-        return self._decode(h[:, -1], last_mean, last_std, B, None if start is None else start + T, window)
+        window = x[:, T - cfg.seq_len :] if cfg.linear_path != "none" else None
+        next_index = None if start is None else start + T
+        return self._decode(h[:, -1], last_mean, last_std, B, next_index, window, return_branches)
 
     # ------------------------------------------------------------------ online
     def init_state(self, batch_size: int, device=None, dtype=None, start=None) -> ForecasterState:
@@ -472,7 +503,7 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         phases = [[blk.init_state(inner_batch, device, dtype) for blk in self.blocks] for _ in range(cfg.stride)]
         return ForecasterState(
             count=0,
-            buffer=torch.zeros(batch_size, self.min_history if cfg.linear_skip else cfg.patch_len, cfg.n_vars, device=device, dtype=dtype),
+            buffer=torch.zeros(batch_size, self.min_history, cfg.n_vars, device=device, dtype=dtype),
             s0=torch.zeros((), dtype=torch.float64, device=device),
             s1=torch.zeros(batch_size, cfg.n_vars, dtype=torch.float64, device=device),
             s2=torch.zeros(batch_size, cfg.n_vars, dtype=torch.float64, device=device),
@@ -535,12 +566,12 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
             raise TypeError(f"state: expected a ForecasterState from init_state, got {type(state).__name__}")
         cfg = self.config
         if state.last_hidden is None or state.count < self.min_history:
-            what = "seq_len (linear_skip=True)" if cfg.linear_skip else "patch_len"
+            what = f"seq_len (linear_path={cfg.linear_path!r})" if cfg.linear_path != "none" else "patch_len"
             raise ValueError(
                 f"state: expected at least {what}={self.min_history} observations before a forecast, got {state.count}"
             )
         next_index = None if state.start is None else state.start + state.count
-        window = state.buffer[:, state.buffer.shape[1] - cfg.seq_len :] if cfg.linear_skip else None
+        window = state.buffer[:, state.buffer.shape[1] - cfg.seq_len :] if cfg.linear_path != "none" else None
         return self._decode(state.last_hidden, state.last_mean, state.last_std, state.batch_size, next_index, window)
 
     # ------------------------------------------------------------------ save / load
