@@ -234,6 +234,11 @@ def test_fused_residual_path_equals_the_plain_block(kwargs, fast, monkeypatch):
     torch.testing.assert_close(nchw, before, rtol=1e-5, atol=1e-5)
     assert after.shape == x.shape
     assert calls == (["linear", "linear", "binary"] * 2 if fast else [])
+    # with autograd on (saliency maps of a deployed model) the plain path runs, with gradients
+    xg = x.clone().requires_grad_(True)
+    block(xg).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    assert len(calls) == (6 if fast else 0)
 
 
 def test_save_load_round_trip_exact(tmp_path):

@@ -23,6 +23,8 @@ from ..ops.vmisa import BACKENDS
 from .state import VMISAState
 
 ALPHA_MODES = ("input", "position", "constant")
+DECAY_MODES = (None, "input", "scalar")
+NORMS = ("layernorm", "rmsnorm", "batchnorm", "none")
 
 
 def _mkldnn_linear_ops():
@@ -32,8 +34,8 @@ def _mkldnn_linear_ops():
     ``_linear_pointwise.binary(x, r, W, b, "add")`` is ``r + x @ W.T + b``, each one pass
     over the output instead of bias copy + GEMM + element-wise pass.
     """
-    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
     try:
+        op = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
         x, w = torch.ones(2, 3), torch.ones(4, 3)
         if op is None or not torch.equal(op(x, w, None, "hardtanh", [0.0, 6.0], ""), torch.full((2, 4), 3.0)):
             return None
@@ -45,8 +47,6 @@ def _mkldnn_linear_ops():
 
 
 _MKLDNN_LINEAR = _mkldnn_linear_ops()
-DECAY_MODES = (None, "input", "scalar")
-NORMS = ("layernorm", "rmsnorm", "batchnorm", "none")
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -366,7 +366,6 @@ class VMISALayer(nn.Module):
             out = self.out_norm(out)
         return self.drop(out)
 
-    @torch.no_grad()
     def residual_forward(self, x: Tensor) -> Tensor:
         """``x + self(x)`` for a fused image layer at inference: the deployment fast path.
 
@@ -375,11 +374,12 @@ class VMISALayer(nn.Module):
         oneDNN GEMMs with the bias (and ReLU6) in their epilogue, ``z = q * v`` in place,
         the global sum and ``beta0 * s + beta1 * z`` written over z (``global_chunk``),
         ReLU6 in place, and g with the residual add in its epilogue. Falls back to the plain
-        path where oneDNN's fused Linear is unavailable (or off the CPU, or not float32).
+        path where oneDNN's fused Linear is unavailable, off the CPU, for other dtypes, and
+        whenever autograd is on (input gradients of a deployed model still work).
         """
         usable = (
-            self.fused and _MKLDNN_LINEAR is not None and x.device.type == "cpu"
-            and x.dtype == torch.float32 and x.dim() == 4 and not self.training
+            self.fused and _MKLDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.dim() == 4 and not self.training and not torch.is_grad_enabled()
         )
         if not usable or x.numel() == 0:
             return x + self(x)

@@ -3,7 +3,7 @@
 Input (B, T, N) -> forecast (B, H, N). The pipeline (every step causal, so the same function
 can be evaluated on a whole history at once or advanced one observation at a time):
 
-1. **Causal instance normalisation** (RevIN-style, ``norm="ema"`` by default). Standard RevIN
+1. **Causal instance normalisation** (RevIN-style; ``norm="expanding"`` by default). Standard RevIN
    normalises a window by the mean and deviation of the whole window; a recurrent state that
    already absorbed the old tokens cannot be re-normalised when a new observation shifts those
    statistics. So each patch token is normalised by running statistics *as they stood when
@@ -25,9 +25,12 @@ can be evaluated on a whole history at once or advanced one observation at a tim
 4. Patch embedding -> ``n_layers`` causal blocks (``VMISABlock`` with ``VMISALayer(causal=True)``,
    or the Transformer / gated-linear-attention baselines) -> LayerNorm -> a linear head on the
    *last* token's features -> H values per variable -> de-normalised.
+5. Beside the blocks (``linear_path="average"``, the default), a linear map of the last
+   ``seq_len`` normalised observations (RLinear / CycleNet-Linear); the forecast is the mean
+   of the two paths, each trained on its own loss (``return_branches=True``).
 
 The head reads only the last token, so the model accepts any history of at least
-``patch_len`` observations and its online state never grows (with ``mixer="vmisa"`` or
+``patch_len`` observations (``seq_len`` with a linear path) and its online state never grows (with ``mixer="vmisa"`` or
 ``"gla"``; the attention baseline's KV cache grows by design).
 
 ``DLinear`` (Zeng et al. 2023, the standard linear baseline) lives here too.
