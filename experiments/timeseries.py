@@ -200,17 +200,23 @@ def lightning_module(model, args):
 
         def _accumulate(self, stage: str, batch) -> None:
             x, y, t0 = batch
-            pred = self(x, t0)
-            s = self._sums.setdefault(stage, [0.0, 0.0, 0])
-            s[0] += float(((pred - y) ** 2).sum())
-            s[1] += float((pred - y).abs().sum())
-            s[2] += y.numel()
+            preds = {"": self(x, t0)}
+            if stage == "test" and self.branches:  # each path alone, from the same weights
+                _, paths = self.model(x, start=t0 if self.uses_start else None, return_branches=True)
+                preds.update({f"_{name}": p for name, p in paths.items()})
+            for suffix, pred in preds.items():
+                s = self._sums.setdefault(stage + suffix, [0.0, 0.0, 0])
+                s[0] += float(((pred - y) ** 2).sum())
+                s[1] += float((pred - y).abs().sum())
+                s[2] += y.numel()
 
         def _finish(self, stage: str) -> None:
-            se, ae, n = self._sums.pop(stage, [0.0, 0.0, 0])
-            if n:  # every window counts once, whatever the batch sizes (no drop_last)
-                self.log(f"{stage}/mse", se / n, prog_bar=True)
-                self.log(f"{stage}/mae", ae / n, prog_bar=stage == "test")
+            for key in [k for k in self._sums if k == stage or k.startswith(stage + "_")]:
+                se, ae, n = self._sums.pop(key)
+                if n:  # every window counts once, whatever the batch sizes (no drop_last)
+                    suffix = key[len(stage):]
+                    self.log(f"{stage}/mse{suffix}", se / n, prog_bar=key == stage)
+                    self.log(f"{stage}/mae{suffix}", ae / n, prog_bar=key == "test")
 
         def validation_step(self, batch, _):
             self._accumulate("val", batch)
@@ -314,6 +320,8 @@ def run_horizon(args, table: SeriesTable, split: str, horizon: int, cycle_len: i
         "horizon": horizon,
         "mse": float(result["test/mse"]),
         "mae": float(result["test/mae"]),
+        # linear_path="average": each path's own forecast (their mean is the model's)
+        **{k.replace("test/", ""): float(v) for k, v in result.items() if k.startswith("test/m") and "_" in k},
         "epochs": int(trainer.current_epoch),
         "train_s": round(train_s, 1),
         "params": n_params,

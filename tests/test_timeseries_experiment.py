@@ -56,6 +56,9 @@ def test_trains_tests_and_saves_vmisa(tmp_path):
     assert [r["horizon"] for r in rows] == [12, 24]
     for r in rows:
         assert np.isfinite(r["mse"]) and np.isfinite(r["mae"]) and r["mse"] < 1.5
+        # the default linear_path="average" also reports each path alone; the mean of two
+        # forecasts is never worse than the worse one (MSE is convex)
+        assert max(r["mse_blocks"], r["mse_linear"]) >= r["mse"] - 1e-6
     run = tmp_path / "run"
     out = run / "vmisa_h12"
     for f in ("forecasts.png", "metrics.png", "logs/metrics.csv", "checkpoints/last.ckpt", "model/config.json", "model/scaler.json"):
