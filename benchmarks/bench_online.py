@@ -2,15 +2,18 @@
 """Online forecasting cost: time per observation from 100 to 100,000 observations of history.
 
 Streams one long multivariate series through ``VMISAForecaster.update`` (one observation at
-a time, then ``forecast``) and reports, at each checkpoint position, the median time of the
-updates around it -- as a ratio to the time at position 100 (flat = O(1) per observation) --
-and the time of recomputing the same forecast from the whole history with the batch
-``forward`` (what a model without a recurrent state has to do), timed in the same run.
+a time) and keeps the state at each checkpoint position. The timing then goes round-robin:
+in each of ``--rounds`` rounds, every position advances its saved state by ``--window``
+observations (update, then ``forecast``), so load from other processes spreads over every
+position instead of biasing the one streamed during a noisy moment. Reported per position:
+the median over rounds of the mean time per observation, as a ratio to position 100 (flat =
+O(1) per observation), and the time of recomputing the same forecast from the whole history
+with the batch ``forward`` (what a model without a recurrent state has to do), same run.
 Optionally streams the same forecaster with the causal-attention mixer (a KV cache) for
 contrast.
 
     flock /tmp/vmiseq-cpu.lock python benchmarks/bench_online.py            # 100 .. 100,000
-    python benchmarks/bench_online.py --max-len 2000 --positions 100,1000  # a quick look
+    python benchmarks/bench_online.py --positions 100,1000                 # a quick look
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ from vmiseq.models.forecaster import ForecasterConfig, VMISAForecaster  # noqa: 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--positions", default="100,1000,10000,100000", help="history lengths to report (default: %(default)s)")
-    p.add_argument("--window", type=int, default=64, help="updates timed around each position (default: %(default)s)")
+    p.add_argument("--window", type=int, default=32, help="observations timed from each position per round (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=15, help="round-robin rounds, median reported (default: %(default)s)")
     p.add_argument("--n-vars", type=int, default=7, help="variables per observation (ETTh1 has 7)")
     p.add_argument("--pred-len", type=int, default=96, help="forecast horizon (default: %(default)s)")
     p.add_argument("--batch", type=int, default=1, help="series streamed together (default: %(default)s)")
@@ -58,31 +62,35 @@ def series(args, length: int) -> torch.Tensor:
     return torch.sin(2 * math.pi * t / 24) + walk + 0.1 * torch.randn(args.batch, length, args.n_vars, generator=g)
 
 
-def stream(model: VMISAForecaster, x: torch.Tensor, positions: list[int], window: int, desc: str) -> dict[int, dict]:
-    """Feed x step by step; time update+forecast for the ``window`` observations ending at each position."""
-    want = {p: (max(model.config.patch_len + 1, p - window + 1), p) for p in positions}
-    timed: dict[int, list[float]] = {p: [] for p in positions}
-    timed_update: dict[int, list[float]] = {p: [] for p in positions}
+def stream(model: VMISAForecaster, x: torch.Tensor, positions: list[int], window: int, rounds: int, desc: str) -> dict[int, dict]:
+    """Stream x once, keeping the state at each position (or at the first observation that can
+    be forecast, if later); then time ``window`` update + forecast steps from every saved state,
+    round-robin over the positions, ``rounds`` times."""
+    first = {p: max(model.min_history, p) for p in positions}
+    saved: dict[int, object] = {}
     state = model.init_state(x.shape[0], start=0)
-    last = max(positions)
     with torch.no_grad():
-        for t in progress(range(last), desc=desc, total=last):
-            count = t + 1
-            in_window = [p for p, (a, b) in want.items() if a <= count <= b]
-            if in_window:
-                t0 = time.perf_counter()
-                state = model.update(x[:, t], state)
-                t1 = time.perf_counter()
-                model.forecast(state)
-                t2 = time.perf_counter()
-                for p in in_window:
-                    timed_update[p].append(t1 - t0)
-                    timed[p].append(t2 - t0)
-            else:
-                state = model.update(x[:, t], state)
+        for t in progress(range(max(first.values())), desc=desc):
+            state = model.update(x[:, t], state)
+            for p, f in first.items():
+                if t + 1 == f:
+                    saved[p] = state
+        samples = {p: ([], []) for p in positions}
+        for _ in progress(range(rounds), desc="rounds"):
+            for p in positions:
+                s, t_update, t_total = saved[p], 0.0, 0.0
+                for k in range(window):
+                    t0 = time.perf_counter()
+                    s = model.update(x[:, first[p] + k], s)  # update returns a new state: saved[p] stays
+                    t1 = time.perf_counter()
+                    model.forecast(s)
+                    t2 = time.perf_counter()
+                    t_update, t_total = t_update + (t1 - t0), t_total + (t2 - t0)
+                samples[p][0].append(t_update / window)
+                samples[p][1].append(t_total / window)
     return {
-        p: {"update_s": statistics.median(timed_update[p]), "update_forecast_s": statistics.median(timed[p]), "n": len(timed[p])}
-        for p in positions
+        p: {"update_s": statistics.median(u), "update_forecast_s": statistics.median(f), "n": window * rounds}
+        for p, (u, f) in samples.items()
     }
 
 
@@ -92,11 +100,11 @@ def main(argv=None) -> list[dict]:
     positions = sorted(int(p) for p in args.positions.split(","))
     if positions[0] < 17:
         raise SystemExit(f"--positions: expected positions >= 17 (one 16-observation patch first), got {positions[0]}")
-    x = series(args, max(positions))
+    x = series(args, max(positions) + args.window)
     rows = []
     for mixer in [m.strip() for m in args.mixers.split(",") if m.strip()]:
         model = make_model(args, mixer)
-        online = stream(model, x, positions, args.window, f"stream {mixer}")
+        online = stream(model, x, positions, args.window, args.rounds, f"stream {mixer}")
         base = online[positions[0]]["update_forecast_s"]
         for p in positions:
             with torch.no_grad():
