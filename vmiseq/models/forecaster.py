@@ -30,8 +30,8 @@ can be evaluated on a whole history at once or advanced one observation at a tim
    of the two paths, each trained on its own loss (``return_branches=True``).
 
 The head reads only the last token, so the model accepts any history of at least
-``patch_len`` observations (``seq_len`` with a linear path) and its online state never grows (with ``mixer="vmisa"`` or
-``"gla"``; the attention baseline's KV cache grows by design).
+``patch_len`` observations (``seq_len`` with a linear path) and its online state never grows
+(with ``mixer="vmisa"`` or ``"gla"``; the attention baseline's KV cache grows by design).
 
 ``DLinear`` (Zeng et al. 2023, the standard linear baseline) lives here too.
 """
