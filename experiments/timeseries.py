@@ -184,14 +184,17 @@ def lightning_module(model, args):
             self.branches = isinstance(model, VMISAForecaster) and model.config.linear_path == "average"
             self._sums: dict[str, list[float]] = {}
 
-        def forward(self, x, t0):
-            return self.model(x, start=t0) if self.uses_start else self.model(x)
+        def forward(self, x, t0, return_branches: bool = False):
+            start = t0 if self.uses_start else None
+            if return_branches:
+                return self.model(x, start=start, return_branches=True)
+            return self.model(x, start=start) if self.uses_start else self.model(x)
 
         def training_step(self, batch, _):
             x, y, t0 = batch
             loss_fn = F.l1_loss if args.loss == "mae" else F.mse_loss
             if self.branches:
-                _, paths = self.model(x, start=t0 if self.uses_start else None, return_branches=True)
+                _, paths = self(x, t0, return_branches=True)
                 loss = sum(loss_fn(p, y) for p in paths.values()) / len(paths)
             else:
                 loss = loss_fn(self(x, t0), y)
@@ -200,10 +203,11 @@ def lightning_module(model, args):
 
         def _accumulate(self, stage: str, batch) -> None:
             x, y, t0 = batch
-            preds = {"": self(x, t0)}
-            if stage == "test" and self.branches:  # each path alone, from the same weights
-                _, paths = self.model(x, start=t0 if self.uses_start else None, return_branches=True)
-                preds.update({f"_{name}": p for name, p in paths.items()})
+            if stage == "test" and self.branches:  # each path alone too, from the same forward
+                forecast, paths = self(x, t0, return_branches=True)
+                preds = {"": forecast, **{f"_{name}": p for name, p in paths.items()}}
+            else:
+                preds = {"": self(x, t0)}
             for suffix, pred in preds.items():
                 s = self._sums.setdefault(stage + suffix, [0.0, 0.0, 0])
                 s[0] += float(((pred - y) ** 2).sum())
@@ -231,8 +235,9 @@ def lightning_module(model, args):
             self._finish("test")
 
         def configure_optimizers(self):
-            linear = [p for n, p in self.model.named_parameters() if n.startswith("skip.")]
-            rest = [p for n, p in self.model.named_parameters() if not n.startswith("skip.")]
+            skip = getattr(self.model, "skip", None)  # the forecaster's linear path, if any
+            linear = list(skip.parameters()) if skip is not None else []
+            rest = [p for p in self.model.parameters() if all(p is not q for q in linear)]
             groups = [{"params": rest, "lr": args.lr}] + ([{"params": linear, "lr": args.linear_lr}] if linear else [])
             opt = torch.optim.Adam(groups)
             # The benchmark code's "type1" schedule: halve (lr_decay) the rate every epoch.
