@@ -1,9 +1,11 @@
 """The ``vmiseq`` command line.
 
     vmiseq generate --model runs/lm/model --prompt "And God said" --max-new-tokens 200
+    vmiseq convert XS-ckpt.pth.tar vminet_xs_official
 
-prints the prompt, then each new piece of text as soon as its token is sampled (constant
-memory per token for VMI-SA models).
+``generate`` prints the prompt, then each new piece of text as soon as its token is sampled
+(constant memory per token for VMI-SA models). ``convert`` turns a released official VMINet
+checkpoint into a ``save_pretrained`` folder (read without unpickling code).
 """
 from __future__ import annotations
 
@@ -45,6 +47,14 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from .pretrained import convert_checkpoint
+
+    out = convert_checkpoint(args.checkpoint, args.out, model=args.model)
+    print(f"saved {out}; load it with vmiseq.create_model(NAME, pretrained={str(out)!r})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmiseq", description="VMI-SA sequence models: tools.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -61,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop-at-eos", action="store_true", help="stop at the end-of-text token")
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     g.set_defaults(func=_generate)
+    c = sub.add_parser("convert", help="convert an official VMINet checkpoint into a save_pretrained folder",
+                       description="Convert a released official VMINet checkpoint (github yws-wxs/VMINet, *.pth.tar) "
+                       "into a folder that create_model(NAME, pretrained=OUT) and VMINet.from_pretrained load.")
+    c.add_argument("checkpoint", help="the downloaded official checkpoint file")
+    c.add_argument("out", help="folder to write (replaced atomically if it exists)")
+    c.add_argument("--model", default=None, help="registry name (default: inferred from the checkpoint's shapes)")
+    c.set_defaults(func=_convert)
     return parser
 
 

@@ -68,12 +68,18 @@ def create_model(name: str, pretrained: Optional[Union[str, os.PathLike]] = None
 
     Args:
         name: a name from ``list_models()``.
-        pretrained: a directory written by ``save_pretrained`` to load weights from; then
-            only ``img_size`` (alpha tables are interpolated) and ``num_classes`` (a new,
-            freshly initialised classifier) may be overridden.
+        pretrained: a directory written by ``save_pretrained`` to load weights from, or
+            ``"official"`` for the weights the paper's authors released (downloaded once
+            into the cache and checked: :mod:`vmiseq.pretrained`); then only ``img_size``
+            (alpha tables are interpolated) and ``num_classes`` (a new, freshly initialised
+            classifier) may be overridden.
         **overrides: config fields, e.g. ``num_classes=10, img_size=32, rank_mask=False``.
     """
     entry = model_entry(name)
+    if isinstance(pretrained, str) and pretrained == "official":
+        from ..pretrained import load_official
+
+        return load_official(name, **overrides)
     if pretrained is not None:
         extra = sorted(set(overrides) - {"img_size", "num_classes"})
         if extra:
