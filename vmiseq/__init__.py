@@ -11,7 +11,10 @@ from . import ops
 from .layers import VMISABlock, VMISALayer, VMISAState
 from .ops import vmisa_global, vmisa_scan
 
+from .integrations import install as _install_integrations
+
 __version__ = "0.1.0"
+_install_integrations()  # registers with transformers / timm when (and if) they are imported
 
 _MODEL_NAMES = ("create_model", "list_models", "VMISAConfig", "VMISAForCausalLM", "VMISAForecaster", "VMINet")
 

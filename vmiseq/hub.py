@@ -57,6 +57,8 @@ class PretrainedMixin:
                 "format_version": FORMAT_VERSION,
                 "config": dataclasses.asdict(self.config),
             }
+            if getattr(self, "hf_model_type", None):  # lets transformers' AutoConfig read the folder
+                config["model_type"] = self.hf_model_type
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
             save_file(_untie(state), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})

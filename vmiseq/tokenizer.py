@@ -89,6 +89,11 @@ class Tokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     @property
+    def backend(self):
+        """The underlying ``tokenizers.Tokenizer`` (shared, e.g., with transformers' fast tokenizer)."""
+        return self._tok
+
+    @property
     def eos_token_id(self) -> int:
         return self._tok.token_to_id(EOS)
 

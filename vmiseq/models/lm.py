@@ -194,6 +194,7 @@ class VMISAForCausalLM(PretrainedMixin, nn.Module):
     """
 
     config_class = VMISAConfig
+    hf_model_type = "vmiseq_lm"  # the transformers model type (vmiseq.integrations.hf)
 
     def __init__(self, config: VMISAConfig) -> None:
         super().__init__()
