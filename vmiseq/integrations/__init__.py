@@ -9,8 +9,8 @@ So ``import vmiseq`` stays light and neither library is a required dependency
 """
 from __future__ import annotations
 
+import importlib
 import importlib.abc
-import importlib.util
 import sys
 from typing import Callable
 
@@ -19,16 +19,21 @@ __all__ = ["install"]
 _HOOKS: dict[str, Callable[[], None]] = {}
 
 
-def _register_transformers() -> None:
-    from .hf import register
+def _register(module: str) -> None:
+    """Import ``vmiseq.integrations.<module>`` and register. When that module is itself being
+    imported (its own ``import transformers`` fired the hook), it registers at its end."""
+    full = f"{__name__}.{module}"
+    if full in sys.modules and not hasattr(sys.modules[full], "register"):
+        return
+    importlib.import_module(full).register()
 
-    register()
+
+def _register_transformers() -> None:
+    _register("hf")
 
 
 def _register_timm() -> None:
-    from .timm_models import register
-
-    register()
+    _register("timm_models")
 
 
 class _PostImportFinder(importlib.abc.MetaPathFinder):

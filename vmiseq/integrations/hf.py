@@ -208,3 +208,6 @@ def register() -> None:
     """Register ``vmiseq_lm`` with AutoConfig / AutoModelForCausalLM (idempotent)."""
     AutoConfig.register(MODEL_TYPE, VMISAHFConfig, exist_ok=True)
     AutoModelForCausalLM.register(VMISAHFConfig, VMISAHFForCausalLM, exist_ok=True)
+
+
+register()  # also when this module is imported before the hook could run

@@ -164,3 +164,6 @@ def register() -> None:
         fn = _entrypoint(n)
         setattr(module, n, fn)
         register_model(fn)
+
+
+register()  # also when this module is imported before the hook could run
