@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from vmiseq import hub
+from vmiseq import files
 from vmiseq.hub import PretrainedMixin
 
 TESTS = Path(__file__).resolve().parent
@@ -53,7 +53,7 @@ def names(folder: Path) -> list[str]:
 
 def no_exchange(monkeypatch):
     """Force the two-rename path (systems without renameat2)."""
-    monkeypatch.setattr(hub, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(files, "exchange", lambda a, b: False)
 
 
 @pytest.mark.parametrize("two_renames", [False, True])
@@ -71,9 +71,9 @@ def test_exchange_is_available_here(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     (a / "x").write_text("a")
-    if hub._renameat2() is None:
+    if files._renameat2() is None:
         pytest.skip("no renameat2 on this system")
-    assert hub._exchange(a, b) and (b / "x").read_text() == "a" and not (a / "x").exists()
+    assert files.exchange(a, b) and (b / "x").read_text() == "a" and not (a / "x").exists()
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
@@ -234,7 +234,7 @@ def test_kill_9_mid_save_leaves_a_loadable_model_and_the_next_save_cleans_up(tmp
 
 def test_leftovers_of_live_processes_are_kept(tmp_path):
     """Another process's temp folder (its save may be in progress) survives a save."""
-    live = tmp_path / f".m.tmp-{os.getppid()}@{hub._host()}-abc123"
+    live = tmp_path / f".m.tmp-{os.getppid()}@{files.host_name()}-abc123"
     live.mkdir()
     Blob(BlobConfig()).save_pretrained(tmp_path / "m")
     assert live.is_dir()

@@ -22,15 +22,9 @@ naming the file, the expected and the actual value.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
-import re
-import shutil
-import socket
-import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Type, TypeVar, Union
@@ -38,13 +32,12 @@ from typing import Any, ClassVar, Optional, Type, TypeVar, Union
 import torch
 import torch.nn as nn
 
-from .files import current_umask
+from .files import current_umask, leftover_prefix, newest_complete_leftover, remove_leftovers, remove_path, swap_into_place
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 COMPLETE_FILE = "COMPLETE"
 FORMAT_VERSION = 1
-STALE_SECONDS = 24 * 3600  # a leftover of a live process elsewhere is removed after this long
 
 M = TypeVar("M", bound="PretrainedMixin")
 
@@ -78,7 +71,7 @@ class PretrainedMixin:
         if target.name in ("", ".", ".."):
             raise ValueError(f"directory: expected a folder name to save into, got {str(directory)!r}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=_leftover_prefix(target.name, "tmp"), dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=leftover_prefix(target.name, "tmp"), dir=target.parent))
         try:
             os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a save follows the umask
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
@@ -93,11 +86,11 @@ class PretrainedMixin:
             }
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
             (tmp / COMPLETE_FILE).write_text("ok\n")
-            _swap_into_place(tmp, target)
+            swap_into_place(tmp, target)
         except BaseException:
-            _remove(tmp)
+            remove_path(tmp)
             raise
-        _remove_leftovers(target)
+        remove_leftovers(target)
         return target
 
     @classmethod
@@ -107,7 +100,7 @@ class PretrainedMixin:
         for attempt in range(10):
             # Retry while a concurrent save swaps the folder mid-read: files are read one by one,
             # so a load is kept only if the folder it read is the same before and after.
-            source = path if os.path.lexists(path) else (_newest_complete_leftover(path) or path)
+            source = path if os.path.lexists(path) else (newest_complete_leftover(path, COMPLETE_FILE) or path)
             before = _identity(source)
             try:
                 model = _load(cls, source, map_location)
@@ -210,160 +203,6 @@ def read_json(directory: Path, name: str) -> Any:
         raise ValueError(f"{name}: expected the JSON written by save_pretrained in {str(directory)!r}: {exc}") from exc
     except OSError as exc:
         raise ValueError(f"{name}: unreadable in {str(directory)!r}: {exc}") from exc
-
-
-# ---------------------------------------------------------------------------- atomic folder swap
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40] or "host"
-
-
-def _leftover_prefix(name: str, kind: str) -> str:
-    """``.NAME.KIND-PID@HOST-``: mkdtemp appends a random suffix (letters, digits, ``_``)."""
-    return f".{name}.{kind}-{os.getpid()}@{_host()}-"
-
-
-def _leftovers(target: Path) -> list[tuple[Path, int, str]]:
-    """(path, pid, host) of every temp or backup folder of ``target``'s earlier saves."""
-    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:tmp|old)-(\d+)@(.*)-[A-Za-z0-9_]+$")
-    out = []
-    try:
-        entries = list(os.scandir(target.parent))
-    except OSError:
-        return out
-    for e in entries:
-        m = pattern.match(e.name)
-        if m:
-            out.append((Path(e.path), int(m.group(1)), m.group(2)))
-    return out
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-def _remove_leftovers(target: Path) -> None:
-    """Remove temp/backup folders of dead processes on this host, or older than a day."""
-    host, now = _host(), time.time()
-    for path, pid, owner_host in _leftovers(target):
-        try:
-            age = now - path.lstat().st_mtime
-        except OSError:
-            continue
-        dead = owner_host == host and pid != os.getpid() and not _pid_alive(pid)
-        if dead or age > STALE_SECONDS:
-            _remove(path)
-
-
-def _newest_complete_leftover(target: Path) -> Optional[Path]:
-    """The most recently completed backup/temp folder of ``target`` (recovery after a crash)."""
-    best, best_time = None, -1.0
-    for path, _, _ in _leftovers(target):
-        marker = path / COMPLETE_FILE
-        try:
-            t = marker.stat().st_mtime
-        except OSError:
-            continue
-        if not path.is_symlink() and t > best_time:
-            best, best_time = path, t
-    return best
-
-
-def _remove(path: Path) -> None:
-    """Delete a folder (or a symlink/file left at its name) without following symlinks."""
-    try:
-        if path.is_symlink() or path.is_file():
-            path.unlink()
-        elif path.exists():
-            shutil.rmtree(path, ignore_errors=True)
-    except OSError:
-        pass
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two existing paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``).
-
-    False where the call is unavailable (other OS, old libc or kernel, a filesystem without
-    it); raises OSError for a real failure (e.g. ``b`` vanished)."""
-    fn = _renameat2()
-    if fn is None:
-        return False
-    import ctypes
-
-    at_fdcwd, rename_exchange = -100, 2
-    if fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-_RENAMEAT2: list = []
-
-
-def _renameat2():
-    if not _RENAMEAT2:
-        fn = None
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
-
-                fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-            except OSError:
-                fn = None
-        _RENAMEAT2.append(fn)
-    return _RENAMEAT2[0]
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Put the finished folder ``tmp`` at ``target``; the previous model (if any) is removed
-    only once the new one is in place. Retries when a concurrent save moves ``target``."""
-    for _ in range(100):
-        if not os.path.lexists(target):
-            try:
-                os.rename(tmp, target)
-                return
-            except OSError as exc:  # another save put a folder there first: swap with it
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
-                    raise
-                continue
-        try:
-            swapped = _exchange(tmp, target)
-        except FileNotFoundError:
-            continue  # target moved away by a concurrent save between the check and the swap
-        if swapped:
-            _remove(tmp)  # now holds the previous model
-            return
-        # Two renames: keep the previous model under a unique backup name until the new one is in.
-        backup = Path(tempfile.mkdtemp(prefix=_leftover_prefix(target.name, "old"), dir=target.parent))
-        try:
-            os.replace(target, backup)  # a folder may replace the empty placeholder
-        except FileNotFoundError:
-            _remove(backup)
-            continue
-        except OSError:  # target is a file or symlink: it cannot replace a folder
-            _remove(backup)
-            os.replace(target, backup)
-        try:
-            os.rename(tmp, target)
-        except OSError as exc:
-            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # a concurrent save won this slot
-                _remove(backup)
-                continue
-            try:
-                os.rename(backup, target)  # put the previous model back
-            except OSError:
-                pass  # from_pretrained still finds the backup
-            raise
-        _remove(backup)
-        return
-    raise RuntimeError(f"directory: could not move the saved model into {str(target)!r} (too many concurrent saves)")
 
 
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
