@@ -123,7 +123,7 @@ def tokenize_cached(text: str, tokenizer, cache_dir: Optional[Union[str, os.Path
     With ``cache_dir`` the ids are cached there as ``tokens-KEY.npy`` beside a manifest
     ``tokens-KEY.json`` holding the sha256 of the text, of the tokenizer's serialisation and
     of the ids. A cache is used only when the manifest matches this text and tokenizer, the
-    ids match their hash and re-tokenising the first and last pieces of the text gives the
+    ids match their hash and re-tokenising the first and last ~4 KB of the text gives the
     cached ids there; anything else (a stale, damaged or planted cache) is re-tokenised and
     rewritten, with a warning. Files are written through ``tempfile.mkstemp`` in ``cache_dir``
     (exclusive create, never through a symlink) and renamed into place.
@@ -171,8 +171,8 @@ def _read_token_cache(cache: Path, key: str, text_sha: str, tok_sha: str, pieces
             raise ValueError("its manifest names another text or tokenizer")
         if ids.dtype != np.int32 or ids.ndim != 1 or manifest.get("ids_sha256") != _ids_sha(ids):
             raise ValueError("the ids do not match the hash in its manifest")
-        if pieces:  # spot-check against the source: the first and last pieces re-tokenised
-            head, tail = tokenizer.encode(pieces[0]), tokenizer.encode(pieces[-1])
+        if pieces:  # spot-check against the source: its first and last ~4 KB re-tokenised
+            head, tail = tokenizer.encode(_pieces(pieces[0], 4096)[0]), tokenizer.encode(_pieces(pieces[-1], 4096)[-1])
             if list(ids[: len(head)]) != head or (tail and list(ids[-len(tail):]) != tail):
                 raise ValueError("re-tokenising the text gives other ids")
         return ids
