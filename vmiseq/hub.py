@@ -95,7 +95,12 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls: Type[M], directory: Union[str, os.PathLike], map_location: Optional[str] = "cpu") -> M:
-        """Load a model saved by ``save_pretrained``; clear errors for missing or corrupt files."""
+        """Load a model saved by ``save_pretrained``; clear errors for missing or corrupt files.
+
+        If ``directory`` is missing but an interrupted save left a complete copy beside it,
+        that copy is loaded (with a warning). A save running at the same time never yields
+        a mix of two models: a read that saw the folder swapped is repeated.
+        """
         path = Path(directory)
         for attempt in range(10):
             # Retry while a concurrent save swaps the folder mid-read: files are read one by one,
