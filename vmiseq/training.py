@@ -45,7 +45,8 @@ def parse_devices(value: str):
 # ``torch.serialization.get_unsafe_globals_in_checkpoint`` on the last/best checkpoints of
 # experiments/lm.py, imagenet.py and timeseries.py: none -- hyper-parameters are saved as
 # plain dicts of str/int/float/bool/None, optimiser and scheduler states as dicts of tensors.
-# tests/test_safety.py re-checks this on fresh checkpoints of every experiment.
+# The experiments' resume / eval-only / best-checkpoint tests (tests/test_*_experiment.py)
+# read fresh checkpoints through load_checkpoint, so one needing more would fail them.
 CHECKPOINT_GLOBALS: tuple = ()
 
 
