@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from vmiseq import data_images as di
 from vmiseq.models.registry import create_model, list_models
-from vmiseq.training import add_trainer_args, build_trainer, cosine_with_warmup, plot_metrics, resolve_resume
+from vmiseq.training import add_trainer_args, build_trainer, cosine_with_warmup, load_module_from_checkpoint, plot_metrics, resolve_resume
 
 # The paper's recipe (DESIGN.md §2) for real photos, and a small-image preset for the
 # built-in Fashion-MNIST default (28 px native, light augmentation, no MixUp: on 10 easy
@@ -385,8 +385,7 @@ def load_for_eval(cls, path: str, num_classes: int):
         if model.config.num_classes != num_classes:
             raise ValueError(f"--checkpoint: the model has {model.config.num_classes} classes, the data {num_classes}")
         return cls("pretrained", {}, num_classes, None, 1e-3, 1, 0.0, 0, 0, 0, 0.0, 0.0, 0.0, 0.5, 0, 1, model=model)
-    ckpt = resolve_resume(str(p), ".")
-    return cls.load_from_checkpoint(ckpt, map_location="cpu")
+    return load_module_from_checkpoint(cls, p, what="--checkpoint")
 
 
 if __name__ == "__main__":

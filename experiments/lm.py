@@ -32,7 +32,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only unless the
 from vmiseq.data_text import RandomWindows, SequentialWindows, bits_per_char, load_text, split_text, tokenize_cached
 from vmiseq.models.lm import MIXERS, VMISAConfig, VMISAForCausalLM
 from vmiseq.tokenizer import Tokenizer
-from vmiseq.training import add_trainer_args, build_trainer, cosine_with_warmup, plot_metrics, resolve_resume
+from vmiseq.training import add_trainer_args, build_trainer, cosine_with_warmup, load_checkpoint, plot_metrics, resolve_resume
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     d.add_argument("--tokenizer", choices=("char", "bpe"), default="char", help="character-level or byte-level BPE (default: %(default)s)")
     d.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size (default: %(default)s)")
     d.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the text held out (default: %(default)s)")
-    d.add_argument("--cache-dir", default=None, help="token cache (default: OUT_DIR/../.cache/lm-tokens)")
+    d.add_argument("--cache-dir", default=None, help="token cache, checked against a hash of the text and tokenizer before use (default: OUT_DIR/.cache/tokens)")
     m = p.add_argument_group("model")
     m.add_argument("--mixer", choices=MIXERS, default="vmisa", help="token mixer: the library's VMI-SA or a baseline (default: %(default)s)")
     m.add_argument("--dim", type=int, default=128, help="width (default: %(default)s)")
@@ -185,7 +185,7 @@ def prepare_data(args: argparse.Namespace):
     # char-level: the vocabulary of the whole text, as nanoGPT (ids of held-out-only
     # characters exist but are rare); BPE: merges learned on the training split only.
     tok = Tokenizer.train_char(text) if args.tokenizer == "char" else Tokenizer.train_bpe(train_text, args.vocab_size)
-    cache = args.cache_dir or str(Path(args.out_dir).parent / ".cache" / "lm-tokens")
+    cache = args.cache_dir or str(Path(args.out_dir) / ".cache" / "tokens")
     train_ids = tokenize_cached(train_text, tok, cache)
     val_ids = tokenize_cached(val_text, tok, cache)
     return tok, train_ids, val_ids, len(val_text)
@@ -245,7 +245,7 @@ def main(argv=None) -> dict:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     resume = resolve_resume(args.resume, args.out_dir)
-    start_step = int(torch.load(resume, map_location="cpu", weights_only=False).get("global_step", 0)) if resume else 0
+    start_step = int(load_checkpoint(resume, what="--resume").get("global_step", 0)) if resume else 0
 
     tok, train_ids, val_ids, n_val_chars = prepare_data(args)
     chars_per_token = n_val_chars / max(1, len(val_ids))

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from .files import atomic_write
+
 DEFAULT_CORPUS = "kjv"
 
 
@@ -116,32 +118,68 @@ def _pieces(text: str, size: int = 1 << 16) -> list[str]:
 
 
 def tokenize_cached(text: str, tokenizer, cache_dir: Optional[Union[str, os.PathLike]] = None) -> np.ndarray:
-    """Token ids of ``text`` as an int32 array, tokenised with ``datasets.map`` and cached
-    (keyed by the text and the tokenizer) so reruns skip the work."""
+    """Token ids of ``text`` as an int32 array, tokenised with ``datasets.map``.
+
+    With ``cache_dir`` the ids are cached there as ``tokens-KEY.npy`` beside a manifest
+    ``tokens-KEY.json`` holding the sha256 of the text, of the tokenizer's serialisation and
+    of the ids. A cache is used only when the manifest matches this text and tokenizer, the
+    ids match their hash and re-tokenising the first and last ~4 KB of the text gives the
+    cached ids there; anything else (a stale, damaged or planted cache) is re-tokenised and
+    rewritten, with a warning. Files are written through ``tempfile.mkstemp`` in ``cache_dir``
+    (exclusive create, never through a symlink) and renamed into place.
+    """
     import datasets
 
-    key = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    key += "-" + hashlib.sha1(tokenizer._tok.to_str().encode()).hexdigest()[:12]
+    text_sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    tok_sha = hashlib.sha256(tokenizer._tok.to_str().encode()).hexdigest()
+    key = f"{text_sha[:16]}-{tok_sha[:12]}"
+    pieces = _pieces(text)
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
-        npy = cache / f"tokens-{key}.npy"
-        if npy.is_file():
-            return np.load(npy)
-        cache.mkdir(parents=True, exist_ok=True)
-    ds = datasets.Dataset.from_dict({"text": _pieces(text)})
-    ds = ds.map(
-        lambda b: {"ids": tokenizer.encode_batch(b["text"])},
-        batched=True,
-        remove_columns=["text"],
-        cache_file_name=str(cache / f"tokens-{key}.arrow") if cache is not None else None,
-        desc="tokenizing",
-    )
+        ids = _read_token_cache(cache, key, text_sha, tok_sha, pieces, tokenizer)
+        if ids is not None:
+            return ids
+    ds = datasets.Dataset.from_dict({"text": pieces})
+    ds = ds.map(lambda b: {"ids": tokenizer.encode_batch(b["text"])}, batched=True, remove_columns=["text"], desc="tokenizing")
     ids = np.concatenate([np.asarray(x, dtype=np.int32) for x in ds["ids"]]) if len(ds) else np.zeros(0, np.int32)
     if cache is not None:
-        tmp = cache / f".tokens-{key}.{os.getpid()}.npy"
-        np.save(tmp, ids)
-        os.replace(tmp, npy)
+        cache.mkdir(parents=True, exist_ok=True)
+        manifest = {"text_sha256": text_sha, "tokenizer_sha256": tok_sha, "ids_sha256": _ids_sha(ids), "n_tokens": len(ids)}
+        atomic_write(cache / f"tokens-{key}.npy", lambda f: np.save(f, ids))
+        atomic_write(cache / f"tokens-{key}.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))  # last: commits
     return ids
+
+
+def _ids_sha(ids: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int32).tobytes()).hexdigest()
+
+
+def _read_token_cache(cache: Path, key: str, text_sha: str, tok_sha: str, pieces: list[str], tokenizer) -> Optional[np.ndarray]:
+    """The cached ids if the cache provably belongs to this text and tokenizer, else None."""
+    import warnings
+
+    npy, meta = cache / f"tokens-{key}.npy", cache / f"tokens-{key}.json"
+    if not (meta.exists() or npy.exists()):
+        return None
+    problem = None
+    try:
+        if npy.is_symlink() or meta.is_symlink():
+            raise ValueError("a cache file is a symlink")
+        manifest = json.loads(meta.read_text(encoding="utf-8"))
+        ids = np.load(npy, allow_pickle=False)
+        if manifest.get("text_sha256") != text_sha or manifest.get("tokenizer_sha256") != tok_sha:
+            raise ValueError("its manifest names another text or tokenizer")
+        if ids.dtype != np.int32 or ids.ndim != 1 or manifest.get("ids_sha256") != _ids_sha(ids):
+            raise ValueError("the ids do not match the hash in its manifest")
+        if pieces:  # spot-check against the source: its first and last ~4 KB re-tokenised
+            head, tail = tokenizer.encode(_pieces(pieces[0], 4096)[0]), tokenizer.encode(_pieces(pieces[-1], 4096)[-1])
+            if list(ids[: len(head)]) != head or (tail and list(ids[-len(tail):]) != tail):
+                raise ValueError("re-tokenising the text gives other ids")
+        return ids
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError) as exc:  # AttributeError: manifest not a dict
+        problem = exc
+    warnings.warn(f"cache_dir: ignoring the token cache {str(npy)!r} ({problem}); tokenising again", stacklevel=3)
+    return None
 
 
 class RandomWindows(IterableDataset):

@@ -586,8 +586,20 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         path = directory / SCALER_FILE
         if path.is_file():
             from ..data_timeseries import StandardScaler
+            from ..hub import read_json
 
-            self.scaler = StandardScaler.from_dict(json.loads(path.read_text()))
+            d = read_json(directory, SCALER_FILE)
+            n = self.config.n_vars
+            ok = isinstance(d, dict) and all(
+                isinstance(d.get(k), list) and len(d[k]) == n and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in d[k])
+                for k in ("mean", "std")
+            )
+            if not ok or not all(x > 0 for x in d["std"]):
+                raise ValueError(
+                    f"{SCALER_FILE}: expected {{'mean': [{n} numbers], 'std': [{n} positive numbers]}} (n_vars={n}) "
+                    f"in {str(directory)!r}, got {json.dumps(d)[:200]}"
+                )
+            self.scaler = StandardScaler.from_dict(d)
 
 
 # ---------------------------------------------------------------------------- DLinear baseline
