@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..ops.vmisa import values_checkable
+
 
 def check_dtype(name: str, x: Tensor, expected: torch.dtype) -> None:
     """One dtype per layer: ``x`` must have the parameters' dtype, except under autocast.
@@ -32,7 +34,7 @@ def check_positions(position: Tensor) -> tuple[int, int]:
     """Eager check of a state's (B,) positions; returns (min, max). One host sync."""
     if position.is_floating_point() or position.is_complex() or position.dtype == torch.bool:
         raise TypeError(f"state.position: expected an integer tensor, got dtype {position.dtype}")
-    if position.numel() == 0:
+    if position.numel() == 0 or not values_checkable(position):
         return 0, 0
     lo, hi = (int(v) for v in torch.aminmax(position))
     if lo < 0:
@@ -47,7 +49,7 @@ def check_finite_state(module: nn.Module, h: Tensor, x: Tensor, h_in: Optional[T
     state, and NaN/inf propagate through sums and products, so one look at the small state
     stands for the whole (B, L, D) computation. Eager mode only.
     """
-    if torch.compiler.is_compiling() or h.numel() == 0 or bool(torch.isfinite(h).all()):
+    if not values_checkable(h) or h.numel() == 0 or bool(torch.isfinite(h).all()):
         return
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: expected finite values, got NaN or inf (the layer's state became non-finite)")
@@ -70,7 +72,7 @@ def check_finite_output(module: nn.Module, out: Tensor, x: Tensor, name: str = "
     ``out`` is ``g(ReLU6(y))``, bounded for finite weights, so its sum overflows only when
     an element is already NaN/inf.
     """
-    if torch.compiler.is_compiling() or out.numel() == 0:
+    if not values_checkable(out) or out.numel() == 0:
         return
     total = out.sum(dtype=torch.float64 if out.dtype == torch.float64 else torch.float32)
     if not bool(torch.isfinite(total)):

@@ -330,7 +330,7 @@ class VMISALayer(nn.Module):
             if state is None:
                 state = self.init_state(B, device=x.device, dtype=x.dtype)
             return x.new_zeros(B, 0, self.dim), state
-        if state is not None and not torch.compiler.is_compiling():
+        if state is not None:
             check_positions(state.position)
         u, conv_buffer = self._local_mix(x, None if state is None else state.conv)
         q, v = self.f12(u).chunk(2, dim=-1)

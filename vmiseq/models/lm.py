@@ -17,6 +17,8 @@ separately (grouped by length) so every row equals generating that prompt alone.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -97,6 +99,20 @@ class VMISAConfig:
             raise ValueError(f"alpha: expected one of {ALPHA_MODES}, got {self.alpha!r}")
         if self.decay not in DECAY_MODES:
             raise ValueError(f"decay: expected one of {DECAY_MODES}, got {self.decay!r}")
+        for name in ("rank_mask", "tie_embeddings", "beta_per_channel"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
+        for name in ("mlp_ratio", "dropout", "alpha_init"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise TypeError(f"{name}: expected a finite number, got {type(value).__name__} {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name}: expected a finite number, got {value!r}")
+        if self.max_len is not None and (not isinstance(self.max_len, int) or isinstance(self.max_len, bool)):
+            raise TypeError(f"max_len: expected an int or None, got {type(self.max_len).__name__} {self.max_len!r}")
+        if self.pos_embedding is not None and not isinstance(self.pos_embedding, bool):
+            raise TypeError(f"pos_embedding: expected None or a bool, got {self.pos_embedding!r}")
         if self.mlp_ratio < 0:
             raise ValueError(f"mlp_ratio: expected >= 0, got {self.mlp_ratio}")
         if not 0.0 <= self.dropout < 1.0:

@@ -26,6 +26,12 @@ def _describe(x: Tensor) -> str:
     return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
 
 
+def values_checkable(x: Tensor) -> bool:
+    """Whether checks that read values (a host sync) may run: eager mode on real data, not
+    under torch.compile / export tracing and not on the ``meta`` device (shape-only runs)."""
+    return not torch.compiler.is_compiling() and x.device.type != "meta"
+
+
 def _require_tensor(name: str, x, expected: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name}: expected {expected}, got {type(x).__name__}")
@@ -121,7 +127,7 @@ def _positions(offset, q: Tensor, n_seq: int, packed: bool) -> Tensor:
         )
     _require_device("offset", offset, q)
     offset = offset.to(torch.long)
-    if offset.numel() and not torch.compiler.is_compiling():  # one host sync on a (B,) tensor: eager only
+    if offset.numel() and values_checkable(offset):  # one host sync on a (B,) tensor: eager only
         lo, hi = (int(x) for x in torch.aminmax(offset))
         if lo < 0:
             raise ValueError(f"offset: expected non-negative positions, got {lo}")
@@ -222,7 +228,7 @@ def vmisa_scan(
     alpha_n = _per_token("alpha", alpha, q, allow_table=True).to(acc)
     beta_n = _channel_param("beta", beta, q).to(acc)
     decay_n = None if decay is None else _per_token("decay", decay, q, allow_table=False).to(acc)
-    checking = check_values and not torch.compiler.is_compiling()
+    checking = check_values and values_checkable(q)
     if checking and decay_n is not None:
         _check_unit_interval("decay", decay_n)
     n_seq = B if cu_seqlens is None else varlen.check_cu_seqlens(cu_seqlens, q)
