@@ -284,8 +284,6 @@ class VMISALayer(nn.Module):
                 )
             if t.device != x.device:
                 raise ValueError(f"state.{name}: expected a tensor on {x.device} (the device of x), got {t.device}")
-        if state.position.is_floating_point() or state.position.dtype == torch.bool:
-            raise TypeError(f"state.position: expected an integer tensor, got dtype {state.position.dtype}")
 
     # ------------------------------------------------------------------ API
     def init_state(self, batch_size: int, device=None, dtype=None) -> VMISAState:
