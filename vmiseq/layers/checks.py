@@ -7,6 +7,7 @@ the (B,) positions and the (B, D) state, never the (B, L, D) activations.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -42,17 +43,27 @@ def check_positions(position: Tensor) -> tuple[int, int]:
     return lo, hi
 
 
-def check_finite_state(module: nn.Module, h: Tensor, x: Tensor, h_in: Optional[Tensor], name: str = "x") -> None:
+def _all_finite(t: Tensor) -> bool:
+    """One reduction in the common case (a sum is finite only if every element is; the
+    per-element test runs only when the sum is not, e.g. overflowed from huge finite values)."""
+    t = t.detach()  # a read, not part of the graph
+    total = t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+    return math.isfinite(float(total)) or bool(torch.isfinite(t).all())
+
+
+def check_finite_state(
+    module: nn.Module, h: Tensor, x: Tensor, h_in: Optional[Tensor], name: str = "x", what: str = "state"
+) -> None:
     """Raise when the (B, D) state ``h`` after a call is NaN/inf, naming the cause.
 
     With a plain prefix sum (or any decay) every token's contribution reaches the final
     state, and NaN/inf propagate through sums and products, so one look at the small state
     stands for the whole (B, L, D) computation. Eager mode only.
     """
-    if not values_checkable(h) or h.numel() == 0 or bool(torch.isfinite(h).all()):
+    if not values_checkable(h) or h.numel() == 0 or _all_finite(h):
         return
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: expected finite values, got NaN or inf (the layer's state became non-finite)")
+        raise ValueError(f"{name}: expected finite values, got NaN or inf (the layer's {what} became non-finite)")
     if h_in is not None and not bool(torch.isfinite(h_in).all()):
         raise ValueError("state.h: expected a finite state, got NaN or inf (from an earlier call)")
     for pname, p in module.named_parameters():
@@ -60,20 +71,12 @@ def check_finite_state(module: nn.Module, h: Tensor, x: Tensor, h_in: Optional[T
             raise ValueError(f"{pname}: the layer's parameter holds NaN or inf (diverged training?)")
     peak = float(x.abs().max())
     raise ValueError(
-        f"{name}: the layer's {h.dtype} state became non-finite (inf/NaN) although the input is finite: "
+        f"{name}: the layer's {h.dtype} {what} became non-finite (inf/NaN) although the input is finite: "
         f"values up to |{name}| = {peak:.3g} overflow {h.dtype} arithmetic (norm statistics, q*v or the "
         f"state sum); rescale the input"
     )
 
 
 def check_finite_output(module: nn.Module, out: Tensor, x: Tensor, name: str = "x") -> None:
-    """The stateless (non-causal) form: one reduction over the output, eager mode only.
-
-    ``out`` is ``g(ReLU6(y))``, bounded for finite weights, so its sum overflows only when
-    an element is already NaN/inf.
-    """
-    if not values_checkable(out) or out.numel() == 0:
-        return
-    total = out.sum(dtype=torch.float64 if out.dtype == torch.float64 else torch.float32)
-    if not bool(torch.isfinite(total)):
-        check_finite_state(module, total.reshape(1), x, None, name)
+    """The stateless (non-causal) form: one reduction over the output, eager mode only."""
+    check_finite_state(module, out, x, None, name, what="output")
