@@ -510,8 +510,8 @@ class VMISAForCausalLM(PretrainedMixin, nn.Module):
             return
         longest = max(len(p) for p in prompts)
         self._check_length(longest + max_new_tokens - 1)
-        # The generator is made before the first yield, so the draw from the global RNG
-        # (seed=None) happens when the stream starts, whatever runs in between.
+        # This call's own generator, made at the stream's first next(): with seed=None its one
+        # draw from the global RNG happens then, whatever runs between later tokens.
         gen = make_generator(seed, prompts[0].device) if temperature != 0 else None
         # inference_context: no dropout for these calls only; self.training stays as it is
         # (each context is set and reset between yields, never across one)
