@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vmiseq import VMISALayer, vmisa_global, vmisa_scan
+from vmiseq import VMISALayer, create_model, vmisa_global, vmisa_scan
+from vmiseq.models import VMISAConfig
 
 B, L, D = 2, 5, 4
 
@@ -26,6 +27,19 @@ def layer_state(layer: VMISALayer, batch: int, **kw):
 
 LAYER = VMISALayer(8)
 POS_LAYER = VMISALayer(8, alpha="position", max_len=16)
+IMG_LAYER = VMISALayer(8, causal=False)
+
+
+def at_position(layer: VMISALayer, position: torch.Tensor):
+    state = layer.init_state(position.shape[0])
+    state.position = position
+    return state
+
+
+def nan_state(layer: VMISALayer):
+    state = layer.init_state(B)
+    state.h[0, 0] = float("nan")
+    return state
 
 # (id, call, exception type, pieces the message must contain: argument, expected, actual)
 CASES = [
@@ -70,6 +84,31 @@ CASES = [
     ("image-channels", lambda: VMISALayer(8, causal=False)(torch.randn(1, 3, 4, 4)), ValueError, ["x:", "C=8", "(1, 3, 4, 4)"]),
     ("step-shape", lambda: LAYER.step(torch.randn(B, 1, 8), LAYER.init_state(B)), ValueError, ["x_t:", "(B, C)", f"({B}, 1, 8)"]),
     ("init-state-batch", lambda: LAYER.init_state(0), ValueError, ["batch_size:", "positive int", "0"]),
+    # ---- values that used to give silently wrong results
+    ("decay-above-one", scan(decay=torch.full((B, L), 2.0)), ValueError, ["decay:", "[0, 1]", "2.0"]),
+    ("decay-negative", scan(decay=-torch.rand(B, L, D)), ValueError, ["decay:", "[0, 1]", "-0."]),
+    ("decay-nan", scan(decay=torch.full((B, L), float("nan"))), ValueError, ["decay:", "[0, 1]", "nan"]),
+    ("offset-int64-overflow", scan(offset=2**63), ValueError, ["offset:", "2**63 - L", str(2**63)]),
+    ("offset-tensor-overflow", scan(offset=torch.tensor([0, 2**63 - 2])), ValueError, ["offset:", "2**63 - L", str(2**63 - 2)]),
+    ("scan-overflow", scan(q=qv() * 1e30, v=qv() * 1e30), ValueError, ["q, v:", "non-finite", "overflow", "e+30"]),
+    ("scan-nan", scan(v=torch.full((B, L, D), float("nan"))), ValueError, ["q, v:", "finite", "NaN"]),
+    ("layer-half-input", lambda: LAYER(torch.randn(B, L, 8).half()), TypeError, ["x:", "torch.float32", "torch.float16", "autocast"]),
+    ("image-bf16-input", lambda: IMG_LAYER(torch.randn(1, 8, 4, 4).bfloat16()), TypeError, ["x:", "torch.float32", "torch.bfloat16"]),
+    ("step-half-input", lambda: LAYER.step(torch.randn(B, 8).half(), LAYER.init_state(B)), TypeError, ["x_t:", "torch.float32", "torch.float16"]),
+    ("step-negative-position", lambda: POS_LAYER.step(torch.randn(B, 8), at_position(POS_LAYER, torch.tensor([-1, 0]))), ValueError, ["state.position:", "non-negative", "-1"]),
+    ("forward-negative-position", lambda: POS_LAYER(torch.randn(B, L, 8), at_position(POS_LAYER, torch.tensor([3, -2]))), ValueError, ["state.position:", "non-negative", "-2"]),
+    ("step-float-position", lambda: POS_LAYER.step(torch.randn(B, 8), at_position(POS_LAYER, torch.tensor([1.5, 1.0]))), TypeError, ["state.position:", "integer", "torch.float32"]),
+    ("layer-overflow", lambda: LAYER(torch.randn(B, L, 8) * 1e30), ValueError, ["x:", "non-finite", "overflow", "e+30"]),
+    ("layer-nan", lambda: LAYER(torch.full((B, L, 8), float("nan"))), ValueError, ["x:", "finite", "NaN"]),
+    ("step-overflow", lambda: LAYER.step(torch.randn(B, 8) * 1e30, LAYER.init_state(B)), ValueError, ["x_t:", "non-finite", "overflow"]),
+    ("image-nan", lambda: IMG_LAYER(torch.full((1, 8, 4, 4), float("inf"))), ValueError, ["x:", "finite", "NaN or inf"]),
+    ("state-nan", lambda: LAYER(torch.randn(B, L, 8), nan_state(LAYER)), ValueError, ["state.h:", "finite", "NaN"]),
+    # ---- model configs: a wrong type is an error, never parsed or cut
+    ("create-model-img-size-str", lambda: create_model("vminet_mnist", img_size="28"), TypeError, ["img_size:", "(H, W) pair of ints", "'28'"]),
+    ("create-model-rank-mask-str", lambda: create_model("vminet_mnist", rank_mask="yes"), TypeError, ["rank_mask:", "bool", "'yes'"]),
+    ("create-model-depths-float", lambda: create_model("vminet_mnist", depths=(2, 2.5, 2)), TypeError, ["depths:", "ints", "2.5"]),
+    ("lm-config-rank-mask-str", lambda: VMISAConfig(rank_mask="yes"), TypeError, ["rank_mask:", "bool", "'yes'"]),
+    ("lm-config-dropout-str", lambda: VMISAConfig(dropout="0.1"), TypeError, ["dropout:", "number", "'0.1'"]),
 ]
 
 

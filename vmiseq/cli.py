@@ -10,8 +10,48 @@ checkpoint into a ``save_pretrained`` folder (read without unpickling code).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def _checked_device(name: str):
+    """``--device`` as a torch.device that exists on this machine (checked before loading,
+    so a bad device is not reported as unreadable weights)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ValueError(f"--device: expected cpu, cuda, cuda:N or mps, got {name!r}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device: {name!r} asked for, but this machine has no usable CUDA device; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device: expected cuda:0 ... cuda:{count - 1} (this machine has {count}), got {name!r}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device: {name!r} asked for, but MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def _number(kind: type, check: Callable[[float], bool], expected: str):
+    """An argparse type: parse with ``kind``, then require ``check`` (NaN fails every check)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -19,7 +59,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     from .models.lm import VMISAForCausalLM
 
-    model = VMISAForCausalLM.from_pretrained(args.model, map_location=args.device)
+    device = _checked_device(args.device)
+    model = VMISAForCausalLM.from_pretrained(args.model, map_location=str(device))
     model.eval()
     tok = model.tokenizer
     if tok is None:
@@ -29,7 +70,7 @@ def _generate(args: argparse.Namespace) -> int:
         ids = [tok.eos_token_id]  # an empty prompt starts from the end-of-text marker
     eos = tok.eos_token_id if args.stop_at_eos else None
     stream = model.generate_stream(
-        torch.tensor([ids], device=args.device),
+        torch.tensor([ids], device=device),
         args.max_new_tokens,
         temperature=0.0 if args.greedy else args.temperature,
         top_k=args.top_k,
@@ -62,14 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Stream text from a model saved by save_pretrained (e.g. experiments/lm.py's OUT/model).")
     g.add_argument("--model", required=True, help="directory written by VMISAForCausalLM.save_pretrained")
     g.add_argument("--prompt", default="", help="text to continue (default: empty, start of a document)")
-    g.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: %(default)s)")
-    g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: %(default)s)")
-    g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling probability mass")
+    g.add_argument("--max-new-tokens", type=_number(int, lambda n: n >= 0, "an int >= 0"), default=200,
+                   help="tokens to generate (default: %(default)s)")
+    g.add_argument("--temperature", type=_number(float, lambda t: math.isfinite(t) and t >= 0, "a finite number >= 0"),
+                   default=0.8, help="sampling temperature, 0 = greedy (default: %(default)s)")
+    g.add_argument("--top-k", type=_number(int, lambda k: k > 0, "a positive int"), default=None,
+                   help="sample among the k most likely tokens")
+    g.add_argument("--top-p", type=_number(float, lambda p: 0.0 < p <= 1.0, "a probability in (0, 1]"), default=None,
+                   help="nucleus sampling probability mass")
     g.add_argument("--greedy", action="store_true", help="always take the most likely token")
     g.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: random)")
     g.add_argument("--stop-at-eos", action="store_true", help="stop at the end-of-text token")
-    g.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: %(default)s)")
     g.set_defaults(func=_generate)
     c = sub.add_parser("convert", help="convert an official VMINet checkpoint into a save_pretrained folder",
                        description="Convert a released official VMINet checkpoint (github yws-wxs/VMINet, *.pth.tar) "
@@ -90,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return args.func(args)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         print(f"vmiseq: error: {exc}", file=sys.stderr)
         return 2
 

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .dropout import Dropout, dropout_active
 from .state import BatchedState
 
 
@@ -75,7 +76,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
         self.dropout = dropout
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     # ------------------------------------------------------------------ state
     def init_state(self, batch_size: int, device=None, dtype=None, capacity: int = 0) -> KVCache:
@@ -149,7 +150,7 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"x: expected shape (B, L, C) with C={self.dim}, got {shape}")
         B, L, _ = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).unbind(2)  # (B, L, H, hd)
-        p = self.dropout if self.training else 0.0
+        p = self.dropout if dropout_active(self) else 0.0
         if state is None:
             y = F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p, is_causal=True

@@ -8,6 +8,7 @@ import torch.nn as nn
 from einops import rearrange
 from torch import Tensor
 
+from .dropout import Dropout, dropout_active
 from .state import VMISAState
 from .vmisa import VMISALayer
 
@@ -22,7 +23,7 @@ class DropPath(nn.Module):
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.p == 0.0 or not self.training:
+        if self.p == 0.0 or not dropout_active(self):
             return x
         keep = 1.0 - self.p
         mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
@@ -38,7 +39,7 @@ class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
-        self.act, self.drop = nn.GELU(), nn.Dropout(dropout)
+        self.act, self.drop = nn.GELU(), Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop(self.fc2(self.act(self.fc1(x))))

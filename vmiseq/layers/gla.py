@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .dropout import Dropout
 from .state import BatchedState
 
 GATE_TEMPERATURE = 16.0  # GLA's normaliser: log a = logsigmoid(.) / 16 keeps forgetting slow
@@ -127,7 +128,7 @@ class GatedLinearAttention(nn.Module):
         self.gk = nn.Sequential(nn.Linear(dim, gate_rank, bias=False), nn.Linear(gate_rank, kd, bias=True))
         self.o_norm = nn.RMSNorm(self.dv, eps=1e-5)
         self.o_proj = nn.Linear(vd, dim, bias=False)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> GLAState:
         """A fresh state at position 0."""

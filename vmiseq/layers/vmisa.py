@@ -20,6 +20,8 @@ from torch import Tensor
 from ..ops import acc_dtype, vmisa_global, vmisa_scan
 from ..ops.chunk import global_chunk
 from ..ops.vmisa import BACKENDS
+from .checks import check_dtype, check_finite_output, check_finite_state, check_positions
+from .dropout import Dropout
 from .state import VMISAState
 
 ALPHA_MODES = ("input", "position", "constant")
@@ -159,7 +161,7 @@ class VMISALayer(nn.Module):
             self.norm = nn.Identity()
         self.f12 = nn.Linear(dim, 2 * D)  # f1 and f2 fused in one matmul
         self.g = nn.Linear(D, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         if out_norm and conv_dims != 2:
             raise ValueError(f"out_norm: the BatchNorm after g is for images (conv_dims=2), got conv_dims={conv_dims}")
         self.out_norm = nn.BatchNorm2d(dim) if out_norm else None
@@ -261,6 +263,7 @@ class VMISALayer(nn.Module):
                 raise ValueError(f"x: expected shape (B, L, C) with C={self.dim}, got {tuple(x.shape)}")
         elif x.dim() != 4 or x.shape[1] != self.dim:
             raise ValueError(f"x: expected an image batch (B, C, H, W) with C={self.dim}, got {tuple(x.shape)}")
+        check_dtype("x", x, self.f12.weight.dtype)
 
     def check_state(self, state: VMISAState, x: Tensor) -> None:
         """Raise a clear error when ``state`` does not belong to this layer and batch."""
@@ -325,6 +328,8 @@ class VMISALayer(nn.Module):
             if state is None:
                 state = self.init_state(B, device=x.device, dtype=x.dtype)
             return x.new_zeros(B, 0, self.dim), state
+        if state is not None:
+            check_positions(state.position)
         u, conv_buffer = self._local_mix(x, None if state is None else state.conv)
         q, v = self.f12(u).chunk(2, dim=-1)
         q = F.relu6(q)
@@ -340,7 +345,9 @@ class VMISALayer(nn.Module):
             decay=self._decay(u),
             output_final_state=True,
             backend=self.backend,
+            check_values=False,  # decay is a sigmoid; the state is checked below, naming x
         )
+        check_finite_state(self, h, x, None if state is None else state.h)
         out = self.drop(self.g(F.relu6(y)))
         if not output_state:
             return out
@@ -358,6 +365,7 @@ class VMISALayer(nn.Module):
             q, v, self._alpha(u, None, grid), self.beta0, self.beta1, rank_mask=self.rank_mask, backend=self.backend
         )
         out = self.g(F.relu6(y, inplace=inference))
+        check_finite_output(self, out, x)
         if grid is None:
             return self.drop(out)
         # (B, L, C) -> (B, C, H, W) is a free view in channels_last memory format.
@@ -433,7 +441,10 @@ class VMISALayer(nn.Module):
             raise ValueError("state: a non-causal layer sees the whole input at once and has no state")
         if x_t.shape[-1] != self.dim or not x_t.is_floating_point():
             raise ValueError(f"x_t: expected a floating (B, C) tensor with C={self.dim}, got {tuple(x_t.shape)} {x_t.dtype}")
+        check_dtype("x_t", x_t, self.f12.weight.dtype)
         self.check_state(state, x_t)
+        # one host sync for both ends: a negative position would wrap round the alpha table
+        lo, hi = check_positions(state.position)
         # The recurrence of Eq. 9 for one token, written out: the same math as forward() on a
         # length-1 sequence (tested equal), without the sequence machinery (decode speed).
         window = torch.cat([state.conv.to(x_t.dtype), x_t.unsqueeze(-1)], dim=2)  # (B, C, K)
@@ -451,9 +462,9 @@ class VMISALayer(nn.Module):
         elif self.alpha_mode == "constant":
             alpha = self.alpha_value.to(acc)
         else:
-            if int(pos.max()) + 1 > self.alpha_table.shape[0]:
+            if hi + 1 > self.alpha_table.shape[0]:
                 raise ValueError(
-                    f"state: position {int(pos.max())} is beyond max_len={self.alpha_table.shape[0]} of the position alpha table"
+                    f"state: position {hi} is beyond max_len={self.alpha_table.shape[0]} of the position alpha table"
                 )
             alpha = self.alpha_table[pos].unsqueeze(1).to(acc)
         z = q.to(acc) * v.to(acc)
@@ -463,8 +474,9 @@ class VMISALayer(nn.Module):
         elif self.decay_mode == "scalar":
             h = torch.sigmoid(self.decay_logit.to(acc)) * h
         h = h.addcmul(z, alpha)  # the operator's order of operations (bitwise-close results)
+        check_finite_state(self, h, x_t, state.h, "x_t")
         y = h
-        if self.rank_mask and int(pos.min()) < self.inner - 1:  # M_t = 1 everywhere once t >= D - 1
+        if self.rank_mask and lo < self.inner - 1:  # M_t = 1 everywhere once t >= D - 1
             y = y * (torch.arange(self.inner, device=pos.device) <= pos.unsqueeze(1)).to(acc)
         y = torch.addcmul(y, z, self.beta.to(acc)).to(q.dtype)
         out = self.drop(self.g(F.relu6(y)))

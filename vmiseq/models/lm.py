@@ -17,6 +17,8 @@ separately (grouped by length) so every row equals generating that prompt alone.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -29,9 +31,11 @@ from torch import Tensor
 from ..hub import PretrainedMixin
 from ..layers.attention import CausalSelfAttention, KVCache
 from ..layers.block import MLP, VMISABlock
+from ..layers.dropout import Dropout, inference_context
 from ..layers.gla import GatedLinearAttention, GLAState
 from ..layers.state import VMISAState
 from ..layers.vmisa import ALPHA_MODES, DECAY_MODES
+from .sampling import check_chunk_size, check_generation_args, make_generator, sample_next
 
 MIXERS = ("vmisa", "attention", "gla")
 TOKENIZER_DIR = "tokenizer"
@@ -95,6 +99,20 @@ class VMISAConfig:
             raise ValueError(f"alpha: expected one of {ALPHA_MODES}, got {self.alpha!r}")
         if self.decay not in DECAY_MODES:
             raise ValueError(f"decay: expected one of {DECAY_MODES}, got {self.decay!r}")
+        for name in ("rank_mask", "tie_embeddings", "beta_per_channel"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
+        for name in ("mlp_ratio", "dropout", "alpha_init"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise TypeError(f"{name}: expected a finite number, got {type(value).__name__} {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name}: expected a finite number, got {value!r}")
+        if self.max_len is not None and (not isinstance(self.max_len, int) or isinstance(self.max_len, bool)):
+            raise TypeError(f"max_len: expected an int or None, got {type(self.max_len).__name__} {self.max_len!r}")
+        if self.pos_embedding is not None and not isinstance(self.pos_embedding, bool):
+            raise TypeError(f"pos_embedding: expected None or a bool, got {self.pos_embedding!r}")
         if self.mlp_ratio < 0:
             raise ValueError(f"mlp_ratio: expected >= 0, got {self.mlp_ratio}")
         if not 0.0 <= self.dropout < 1.0:
@@ -204,7 +222,7 @@ class VMISAForCausalLM(PretrainedMixin, nn.Module):
         c = config
         self.tok_emb = nn.Embedding(c.vocab_size, c.dim)
         self.pos_emb = nn.Embedding(c.max_len, c.dim) if c.pos_embedding else None
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
         self.blocks = nn.ModuleList([self._make_block() for _ in range(c.depth)])
         self.norm_f = nn.LayerNorm(c.dim)
         self.lm_head = nn.Linear(c.dim, c.vocab_size, bias=False)
@@ -377,14 +395,15 @@ class VMISAForCausalLM(PretrainedMixin, nn.Module):
     def prefill(self, input_ids: Tensor, state: Optional[LMState] = None, chunk_size: Optional[int] = None) -> tuple[Tensor, LMState]:
         """Consume a prompt with the parallel path; returns (last logits (B, V), state).
 
-        ``chunk_size`` bounds memory on long prompts by feeding them in pieces (the result
-        is the same as one piece).
+        ``chunk_size`` (None or a positive int) bounds memory on long prompts by feeding them
+        in pieces (the result is the same as one piece).
         """
+        check_chunk_size("chunk_size", chunk_size)
         ids = self._check_ids(input_ids)
         L = ids.shape[1]
         if L == 0:
             raise ValueError("input_ids: expected a non-empty prompt, got 0 tokens")
-        step = L if not chunk_size else int(chunk_size)
+        step = L if chunk_size is None else chunk_size
         out = None
         for start in range(0, L, step):
             out = self.forward(ids[:, start : start + step], state, output_state=True)
@@ -414,14 +433,22 @@ class VMISAForCausalLM(PretrainedMixin, nn.Module):
             top_k: sample only among the k most likely tokens.
             top_p: sample only from the smallest set whose probability reaches top_p.
             eos_token_id: a row stops after producing it (later positions repeat it).
-            seed: seeds the sampler (a private generator: global RNG untouched).
+            seed: seeds this call's private generator; None draws its seed from the global
+                RNG once (``torch.manual_seed`` makes the run repeatable).
             streamer: called with the (B,) tensor of new tokens after every step.
-            prefill_chunk_size: prompts longer than this are prefilled in pieces.
+            prefill_chunk_size: prompts longer than this are prefilled in pieces (None: one).
+
+        The model's train/eval flag is neither read nor written: generation always runs
+        without dropout (inside ``inference_context``), so it may interleave with training
+        or with other generations, in any thread, and each stream gets the tokens it would
+        get alone.
 
         Returns:
             (B, L + max_new_tokens) LongTensor for tensor input; a list of 1-D tensors (each
             prompt followed by its new tokens, cut after eos) for list input.
         """
+        if streamer is not None and not callable(streamer):
+            raise TypeError(f"streamer: expected a callable or None, got {type(streamer).__name__}")
         prompts, as_tensor = self._normalise_prompts(input_ids)
         pieces = [[] for _ in prompts]
         for tokens in self.generate_stream(
@@ -453,7 +480,7 @@ class VMISAForCausalLM(PretrainedMixin, nn.Module):
             raise ValueError(f"input_ids: expected a (B, L) tensor or a non-empty list of prompts, got {input_ids!r}")
         prompts = []
         for i, p in enumerate(input_ids):
-            t = p if isinstance(p, Tensor) else torch.tensor(list(p), dtype=torch.long)
+            t = p if isinstance(p, Tensor) else _ids_tensor(p, f"input_ids[{i}]")
             if t.dim() != 1 or t.numel() == 0:
                 raise ValueError(f"input_ids[{i}]: expected a non-empty 1-D list of token ids, got shape {tuple(t.shape)}")
             prompts.append(self._check_ids(t.unsqueeze(0), f"input_ids[{i}]")[0].to(device))
@@ -476,42 +503,32 @@ class VMISAForCausalLM(PretrainedMixin, nn.Module):
         Same arguments as :meth:`generate`. The state stays O(1) per sequence for the VMI-SA
         and GLA mixers whatever the number of tokens.
         """
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-        if not isinstance(temperature, (int, float)) or temperature < 0:
-            raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
-            raise ValueError(f"top_k: expected a positive int or None, got {top_k!r}")
-        if top_p is not None and not (0.0 < float(top_p) <= 1.0):
-            raise ValueError(f"top_p: expected a probability in (0, 1] or None, got {top_p!r}")
-        if eos_token_id is not None and not (0 <= int(eos_token_id) < self.config.vocab_size):
-            raise ValueError(f"eos_token_id: expected an id in [0, {self.config.vocab_size}), got {eos_token_id!r}")
+        check_generation_args(
+            self.config.vocab_size, max_new_tokens, temperature, top_k, top_p, eos_token_id, seed, prefill_chunk_size
+        )
         prompts, _ = self._normalise_prompts(input_ids)
         if max_new_tokens == 0:
             return
         longest = max(len(p) for p in prompts)
         self._check_length(longest + max_new_tokens - 1)
-        was_training = self.training
-        self.eval()
-        try:
+        # This call's own generator, made at the stream's first next(): with seed=None its one
+        # draw from the global RNG happens then, whatever runs between later tokens.
+        gen = make_generator(seed, prompts[0].device) if temperature != 0 else None
+        # inference_context: no dropout for these calls only; self.training stays as it is
+        # (each context is set and reset between yields, never across one)
+        with inference_context():
             logits, state = self._prefill_ragged(prompts, prefill_chunk_size)
-            device = logits.device
-            gen = None
-            if seed is not None:
-                gen = torch.Generator(device=device)
-                gen.manual_seed(int(seed))
-            done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-            for i in range(max_new_tokens):
-                tok = sample_next(logits, temperature, top_k, top_p, gen)
-                if eos_token_id is not None:
-                    tok = torch.where(done, torch.full_like(tok, int(eos_token_id)), tok)
-                    done = done | (tok == int(eos_token_id))
-                yield tok
-                if i + 1 == max_new_tokens or (eos_token_id is not None and bool(done.all())):
-                    break
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=logits.device)
+        for i in range(max_new_tokens):
+            tok = sample_next(logits, temperature, top_k, top_p, gen)
+            if eos_token_id is not None:
+                tok = torch.where(done, torch.full_like(tok, int(eos_token_id)), tok)
+                done = done | (tok == int(eos_token_id))
+            yield tok
+            if i + 1 == max_new_tokens or (eos_token_id is not None and bool(done.all())):
+                break
+            with inference_context():
                 logits, state = self.step(tok, state)
-        finally:
-            self.train(was_training)
 
     def _prefill_ragged(self, prompts: list[Tensor], chunk_size: Optional[int]) -> tuple[Tensor, LMState]:
         """Prefill prompts of any lengths; rows grouped by length run as one batch each, so
@@ -554,33 +571,17 @@ def _block_step(block: nn.Module, x_t: Tensor, state):
     return y.squeeze(1), ns
 
 
+def _ids_tensor(ids, name: str) -> Tensor:
+    """A list of ids -> a tensor with the dtype torch infers (floats stay floats, so that
+    ``_check_ids`` rejects them instead of truncating 1.5 to 1)."""
+    try:
+        t = torch.tensor(list(ids))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name}: expected a list of int token ids, got {ids!r}") from exc
+    return t.long() if t.numel() == 0 else t
+
+
 def _cut_after(seq: Tensor, eos: int, start: int) -> Tensor:
     hits = (seq[start:] == eos).nonzero()
     return seq if hits.numel() == 0 else seq[: start + int(hits[0]) + 1]
 
-
-def sample_next(
-    logits: Tensor,
-    temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """Pick one token per row of ``logits`` (B, V): greedy when temperature is 0, else sample
-    from the softmax restricted to the top-k and/or top-p (nucleus) set."""
-    logits = logits.float()
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # drop a token when the mass strictly before it already reaches top_p (keeps >= 1)
-        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -73,8 +73,12 @@ def create_model(name: str, pretrained: Optional[Union[str, os.PathLike]] = None
             into the cache and checked: :mod:`vmiseq.pretrained`); then only ``img_size``
             (alpha tables are interpolated) and ``num_classes`` (a new, freshly initialised
             classifier) may be overridden.
-        **overrides: config fields, e.g. ``num_classes=10, img_size=32, rank_mask=False``.
+        **overrides: config fields, e.g. ``num_classes=10, img_size=32, rank_mask=False``;
+            the config checks their types (``img_size="28"`` or ``rank_mask="yes"`` is a
+            TypeError, never parsed).
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a model name (str), got {type(name).__name__} {name!r}")
     entry = model_entry(name)
     if isinstance(pretrained, str) and pretrained == "official":
         from ..pretrained import load_official
@@ -86,8 +90,10 @@ def create_model(name: str, pretrained: Optional[Union[str, os.PathLike]] = None
             raise ValueError(
                 f"overrides: with pretrained weights only img_size and num_classes can change, got {extra}"
             )
-        model = entry.model_cls.from_pretrained(pretrained, img_size=overrides.get("img_size"))
         n = overrides.get("num_classes")
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+            raise ValueError(f"num_classes: expected an int >= 0, got {type(n).__name__} {n!r}")
+        model = entry.model_cls.from_pretrained(pretrained, img_size=overrides.get("img_size"))
         if n is not None and n != model.config.num_classes:
             model.reset_classifier(n)
         return model

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,15 +38,24 @@ from ..layers.vmisa import VMISALayer, _bn_affine, resize_alpha_table
 __all__ = ["VMINet", "VMINetConfig", "stage_grids", "convert_official_state_dict"]
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _ints(value, name: str, what: str) -> tuple[int, ...]:
+    """A sequence of ints, as a tuple; strings and floats are an error (never parsed or cut)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not all(_is_int(v) for v in value):
+        raise TypeError(f"{name}: expected {what}, got {value!r}")
+    return tuple(int(v) for v in value)
+
+
 def _pair(value, name: str) -> tuple[int, int]:
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: expected an int or an (H, W) pair, got bool")
-    if isinstance(value, int):
+    if _is_int(value):
         value = (value, value)
-    try:
-        h, w = (int(v) for v in value)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name}: expected an int or an (H, W) pair, got {value!r}") from exc
+    value = _ints(value, name, "an int or an (H, W) pair of ints")
+    if len(value) != 2:
+        raise TypeError(f"{name}: expected an int or an (H, W) pair of ints, got {value!r}")
+    h, w = value
     if h <= 0 or w <= 0:
         raise ValueError(f"{name}: expected positive sizes, got {(h, w)}")
     return h, w
@@ -94,8 +104,8 @@ class VMINetConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        self.depths = tuple(int(d) for d in self.depths)
-        self.stage_strides = tuple(int(s) for s in self.stage_strides)
+        self.depths = _ints(self.depths, "depths", "a sequence of ints (blocks per stage)")
+        self.stage_strides = _ints(self.stage_strides, "stage_strides", "a sequence of ints (one stride per stage)")
         self.img_size = _pair(self.img_size, "img_size")
         for name in ("base_dim", "expand", "stem_dim", "stem_stride", "in_chans", "conv_kernel"):
             value = getattr(self, name)
@@ -110,12 +120,18 @@ class VMINetConfig:
                 f"stage_strides: expected {len(self.depths)} positive strides (one per stage in depths), "
                 f"got {self.stage_strides}"
             )
+        for name in ("drop_path_rate", "head_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise TypeError(f"{name}: expected a number in [0, 1), got {type(value).__name__} {value!r}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate: expected a rate in [0, 1), got {self.drop_path_rate}")
         if not 0.0 <= self.head_dropout < 1.0:
             raise ValueError(f"head_dropout: expected a rate in [0, 1), got {self.head_dropout}")
         if self.out_norm is not None and not isinstance(self.out_norm, bool):
             raise TypeError(f"out_norm: expected None or a bool, got {self.out_norm!r}")
+        if not isinstance(self.rank_mask, bool):
+            raise TypeError(f"rank_mask: expected a bool, got {type(self.rank_mask).__name__} {self.rank_mask!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VMINetConfig":

@@ -51,31 +51,6 @@ def check_cu_seqlens(cu_seqlens, q: Tensor) -> int:
     return cu_seqlens.shape[0] - 1
 
 
-def positions(offset, q: Tensor, n_seq: int) -> Tensor:
-    """offset: int or (N,) integer tensor -> (N|1, 1) int64 position of each sequence's first token."""
-    if isinstance(offset, bool):
-        raise TypeError("offset: expected an int or an (N,) integer tensor, got bool")
-    if isinstance(offset, int):
-        if offset < 0:
-            raise ValueError(f"offset: expected a non-negative position, got {offset}")
-        return torch.full((1, 1), offset, dtype=torch.long, device=q.device)
-    if not isinstance(offset, Tensor):
-        raise TypeError(f"offset: expected an int or an (N,) integer tensor, got {type(offset).__name__}")
-    if offset.is_floating_point() or offset.dtype == torch.bool:
-        raise TypeError(f"offset: expected an integer tensor, got dtype {offset.dtype}")
-    if offset.dim() == 0:
-        offset = offset.reshape(1)
-    if offset.dim() != 1 or offset.shape[0] not in (1, n_seq):
-        raise ValueError(
-            f"offset: with cu_seqlens expected an int or shape (N,) = ({n_seq},), got shape {tuple(offset.shape)}"
-        )
-    if offset.device != q.device:
-        raise ValueError(f"offset: expected a tensor on {q.device} (the device of q), got one on {offset.device}")
-    if not torch.compiler.is_compiling() and bool((offset < 0).any()):
-        raise ValueError("offset: expected non-negative positions, got a negative value")
-    return offset.to(torch.long).reshape(-1, 1)
-
-
 def scan_naive_varlen(
     z: Tensor,
     alpha: Tensor,

@@ -26,6 +26,12 @@ def _describe(x: Tensor) -> str:
     return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
 
 
+def values_checkable(x: Tensor) -> bool:
+    """Whether checks that read values (a host sync) may run: eager mode on real data, not
+    under torch.compile / export tracing and not on the ``meta`` device (shape-only runs)."""
+    return not torch.compiler.is_compiling() and x.device.type != "meta"
+
+
 def _require_tensor(name: str, x, expected: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name}: expected {expected}, got {type(x).__name__}")
@@ -90,26 +96,66 @@ def _channel_param(name: str, x, q: Tensor) -> Tensor:
     raise ValueError(f"{name}: expected a scalar tensor or shape (D,) = ({D},), got shape {tuple(x.shape)}")
 
 
-def _positions(offset, q: Tensor) -> Tensor:
-    """offset: int or (B,) integer tensor -> (B|1, 1) int64 absolute positions."""
-    B = q.shape[0]
-    if isinstance(offset, bool):
-        raise TypeError(f"offset: expected an int or a (B,) integer tensor, got bool")
+_MAX_POSITION = 2**63 - 1  # positions are int64
+
+
+def _positions(offset, q: Tensor, n_seq: int, packed: bool) -> Tensor:
+    """offset: int or (n_seq,) integer tensor -> (n_seq|1, 1) int64 position of each first token.
+
+    ``n_seq`` is B, or N packed sequences (``packed``: cu_seqlens given). The last position a
+    call reaches, offset + L - 1, must fit in int64 (it would wrap round to a negative one).
+    """
+    dims = "(N,)" if packed else "(B,)"
+    L = q.shape[1]
+    if isinstance(offset, bool) or not isinstance(offset, (int, Tensor)):
+        raise TypeError(f"offset: expected an int or a {dims} integer tensor, got {type(offset).__name__}")
     if isinstance(offset, int):
         if offset < 0:
             raise ValueError(f"offset: expected a non-negative position, got {offset}")
+        if offset + max(L - 1, 0) > _MAX_POSITION:
+            raise ValueError(f"offset: expected a position <= 2**63 - L = {_MAX_POSITION - max(L - 1, 0)} "
+                             f"(int64 positions for L={L} tokens), got {offset}")
         return torch.full((1, 1), offset, dtype=torch.long, device=q.device)
-    _require_tensor("offset", offset, "an int or a (B,) integer tensor")
-    if offset.is_floating_point() or offset.dtype == torch.bool:
+    if offset.is_floating_point() or offset.is_complex() or offset.dtype == torch.bool:
         raise TypeError(f"offset: expected an integer tensor, got dtype {offset.dtype}")
     if offset.dim() == 0:
         offset = offset.reshape(1)
-    if offset.dim() != 1 or offset.shape[0] not in (1, B):
-        raise ValueError(f"offset: expected an int or shape (B,) = ({B},), got shape {tuple(offset.shape)}")
+    if offset.dim() != 1 or offset.shape[0] not in (1, n_seq):
+        packed_note = "with cu_seqlens " if packed else ""
+        raise ValueError(
+            f"offset: {packed_note}expected an int or shape {dims} = ({n_seq},), got shape {tuple(offset.shape)}"
+        )
     _require_device("offset", offset, q)
-    if not torch.compiler.is_compiling() and bool((offset < 0).any()):  # host sync: eager only
-        raise ValueError("offset: expected non-negative positions, got a negative value")
-    return offset.to(torch.long).reshape(-1, 1)
+    offset = offset.to(torch.long)
+    if offset.numel() and values_checkable(offset):  # one host sync on a (B,) tensor: eager only
+        lo, hi = (int(x) for x in torch.aminmax(offset))
+        if lo < 0:
+            raise ValueError(f"offset: expected non-negative positions, got {lo}")
+        if hi > _MAX_POSITION - max(L - 1, 0):
+            raise ValueError(f"offset: expected positions <= 2**63 - L (int64, L={L}), got {hi}")
+    return offset.reshape(-1, 1)
+
+
+def _check_unit_interval(name: str, x: Tensor) -> None:
+    """Values in [0, 1] (NaN fails). A decay above 1 grows the state exponentially, where the
+    chunked and step-by-step forms also stop agreeing in float32; 0 resets the state."""
+    if x.numel() and not bool(((x >= 0) & (x <= 1)).all()):
+        bad = x[~((x >= 0) & (x <= 1))]
+        raise ValueError(
+            f"{name}: expected values in [0, 1] (a forget gate multiplying the state), got "
+            f"{bad.numel()} outside, e.g. {bad.flatten()[0].item()!r} (min {x.min().item()!r}, max {x.max().item()!r})"
+        )
+
+
+def non_finite_message(name: str, inputs: tuple[Tensor, ...], state: Tensor) -> str:
+    """Why the ``state`` after a call is NaN/inf: non-finite ``inputs``, or overflow."""
+    if not all(bool(torch.isfinite(t).all()) for t in inputs):
+        return f"{name}: expected finite values, got NaN or inf (the state became non-finite)"
+    peak = max(float(t.abs().max()) for t in inputs if t.numel())
+    return (
+        f"{name}: the {state.dtype} state became non-finite (inf/NaN) although the inputs are finite: "
+        f"values up to |{name}| = {peak:.3g} overflow {state.dtype} arithmetic; rescale the input"
+    )
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -144,6 +190,7 @@ def vmisa_scan(
     output_final_state: bool = False,
     backend: str = "auto",
     cu_seqlens: Tensor | None = None,
+    check_values: bool = True,
 ):
     """Causal VMI-SA (paper Eq. 9), optionally with a decay gate.
 
@@ -164,6 +211,12 @@ def vmisa_scan(
         cu_seqlens: None, or (N+1,) int32 offsets of N sequences packed in one row (q is
             (1, T, D)); then initial_state / final_state are (N, D), offset is an int or
             (N,) and each sequence's positions restart at its offset (see ``ops/varlen.py``).
+        check_values: check that ``decay`` lies in [0, 1] (one pass over it) and that the
+            final state is finite (one pass over (B, D)); eager mode only, skipped under
+            torch.compile. Callers whose decay is a sigmoid (the layers) pass False.
+
+    alpha may be negative (the official VMINet position table is signed); every backend
+    computes the same recurrence for any real alpha. See docs/core.md, "Input checks".
 
     Returns:
         y (B, L, D) in q's dtype, or (y, final_state) with final_state (B, D) in the
@@ -175,8 +228,11 @@ def vmisa_scan(
     alpha_n = _per_token("alpha", alpha, q, allow_table=True).to(acc)
     beta_n = _channel_param("beta", beta, q).to(acc)
     decay_n = None if decay is None else _per_token("decay", decay, q, allow_table=False).to(acc)
+    checking = check_values and values_checkable(q)
+    if checking and decay_n is not None:
+        _check_unit_interval("decay", decay_n)
     n_seq = B if cu_seqlens is None else varlen.check_cu_seqlens(cu_seqlens, q)
-    positions = _positions(offset, q) if cu_seqlens is None else varlen.positions(offset, q, n_seq)
+    positions = _positions(offset, q, n_seq, packed=cu_seqlens is not None)
     if initial_state is None:
         h0 = q.new_zeros(n_seq, D, dtype=acc)
     else:
@@ -208,6 +264,8 @@ def vmisa_scan(
         else:  # fused: never materialises z = q * v (see chunk.py)
             y, final = chunk.scan_torch(q.to(acc), v.to(acc), alpha_n, beta_n, h0, positions, rank_mask, decay_n)
         y = y.to(q.dtype)
+    if checking and final.numel() and not bool(torch.isfinite(final).all()):
+        raise ValueError(non_finite_message("q, v", (q, v), final))
     return (y, final) if output_final_state else y
 
 
