@@ -118,8 +118,8 @@ def _run(kernel: str, jit_fn, args: tuple, consts: dict, plan: LaunchPlan, n_wor
     config among the plan's BLOCK_D values; returns the config launched."""
     gpu = _gpu()
     space = tuning.configs(kernel, gpu)
-    cands = [c for c in space if c.kwargs["BLOCK_D"] in plan.block_ds] or space[:1]
     pinned = tuning.pinned(kernel, plan.block_ds, gpu)
+    cands = [c for c in space if c.kwargs["BLOCK_D"] in plan.block_ds] if gpu else [pinned]
 
     def launch(cfg):
         jit_fn[(cdiv(d, cfg.kwargs["BLOCK_D"]) * n_work,)](*args, **consts, **cfg.all_kwargs())

@@ -35,14 +35,18 @@ BWD_SHAPES = ((16, 4, None), (16, 8, 128), (32, 8, None), (32, 8, 128))
 # The config used without tuning (4 warps, no register cap: never spills, pipelined two
 # chunks deep), at the widest planned BLOCK_D up to this one.
 PINNED_BLOCK_D = {"fwd": 32, "bwd": 16}
-INTERPRETER_CONFIG = triton.Config({"BLOCK_D": 64, "LOOP_STAGES": 1}, num_warps=4, num_stages=1)
+# Under the interpreter: no tuning; the widest block the plan allows (16 for D <= 16: the
+# interpreter's cost grows with the tile, masked lanes included).
+INTERPRETER_CONFIGS = tuple(
+    triton.Config({"BLOCK_D": bd, "LOOP_STAGES": 1}, num_warps=4, num_stages=1) for bd in (16, 64)
+)
 
 
 def configs(kernel: str, gpu: bool) -> list[triton.Config]:
     """Autotuning space of one kernel (``"fwd"`` / ``"bwd"``); one config without a GPU.
     ``LOOP_STAGES`` is the software-pipelining depth of the chunk loop (cp.async prefetch)."""
     if not gpu:
-        return [INTERPRETER_CONFIG]
+        return list(INTERPRETER_CONFIGS)
     shapes = FWD_SHAPES if kernel == "fwd" else BWD_SHAPES
     return [
         triton.Config({"BLOCK_D": bd, "LOOP_STAGES": st}, num_warps=w, num_stages=1, maxnreg=reg)
@@ -58,7 +62,7 @@ def block_ds(kernel: str, gpu: bool) -> tuple[int, ...]:
 def pinned(kernel: str, planned: tuple[int, ...], gpu: bool) -> triton.Config:
     """The untuned config for a launch whose plan allows the BLOCK_D values ``planned``."""
     if not gpu:
-        return INTERPRETER_CONFIG
+        return next(c for c in INTERPRETER_CONFIGS[::-1] if c.kwargs["BLOCK_D"] <= max(planned))
     bd = max([b for b in planned if b <= PINNED_BLOCK_D[kernel]] or [min(planned)])
     return triton.Config({"BLOCK_D": bd, "LOOP_STAGES": 2}, num_warps=4, num_stages=1)
 
