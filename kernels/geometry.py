@@ -95,7 +95,8 @@ def plan_launch(
     * Otherwise (``split="auto"``; ``"always"`` forces it, ``"never"`` forbids it) each
       sequence is cut into segments of ``>= min_seg_chunks`` chunks, as many as needed for
       ``split_programs_per_sm * sm_count`` programs at the widest BLOCK_D (at most
-      ``MAX_SEGMENTS``). Packed (varlen) batches are never split: their sequences differ in
+      ``MAX_SEGMENTS``; ``"always"``: at least as many as segments of ``min_seg_chunks``
+      allow). Packed (varlen) batches are never split: their sequences differ in
       length, and many of them already fill the grid.
     ``sm_count = 0`` plans no split (the interpreter's default).
     """
@@ -118,6 +119,8 @@ def plan_launch(
         return one_pass()
     want = max(split_programs_per_sm * sm_count, 2)
     segs = cdiv(want, n_seq * cdiv(d, fit[-1]))  # segments per sequence at the widest block
+    if split == "always":
+        segs = max(segs, n_chunks // min_seg_chunks)
     seg_chunks = max(min_seg_chunks, n_chunks // max(segs, 1), cdiv(n_chunks, MAX_SEGMENTS))
     n_seg = cdiv(n_chunks, seg_chunks)
     if n_seg < 2:
