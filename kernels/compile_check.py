@@ -109,6 +109,10 @@ def compile_variant(
         )
         if kernel == "bwd":
             consts["NEED_DDECAY"] = decay != "none"
+    if kernel != "carry":
+        # Triton's JIT specialises integer arguments equal to 1: a gate's unit channel stride
+        # is a constant at run time, which is what lets its (BLOCK_T, BLOCK_D) tile vectorise
+        consts.update(stride_ad=1, stride_dd=1)
     consts.update(flags)  # e.g. VARLEN=True, ALPHA_PER_CH=True, BETA_PER_CH=False, USE_MASK=False, SUMMARY=True
     sig, attrs = _signature(fn, DTYPES[dtype], acc, consts, gate)
     compiled = triton.compile(
@@ -118,7 +122,9 @@ def compile_variant(
     )
     ptx = compiled.asm["ptx"]
     regs, spills = _ptxas_usage(ptx, arch)
-    vector = bool(re.search(r"ld\.global(?:\.\w+)*\.v[248]", ptx))
+    # vector loads: ld.global.v2/v4/v8, or 8/16-byte cp.async copies (the pipelined loop's loads)
+    vector = bool(re.search(r"ld\.global(?:\.\w+)*\.v[248]", ptx)
+                  or re.search(r"cp\.async\.c[ag]\.shared\.global[^\n]*\], (?:0x10|0x8|16|8)\b", ptx))
     return Resources(kernel, block_d, num_warps, maxnreg, num_stages, decay, dtype, regs, spills, vector)
 
 
