@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_tiles import last_row, load_rows, tile_linear_scan, work_item
+from .triton_tiles import last_row, load_rows, start_state, tile_linear_scan, work_item
 
 
 @triton.jit
@@ -48,17 +48,8 @@ def vmisa_fwd_kernel(
     off_q = rows0[:, None] * stride_ql + cols[None, :]
     off_v = rows0[:, None] * stride_vl + cols[None, :]
     off_y = rows0[:, None] * stride_yl + cols[None, :]
-    if SUMMARY:
-        h = tl.zeros((BLOCK_D,), dtype=ACC)
-        aprod = tl.full((BLOCK_D,), 1.0, dtype=ACC)
-    else:
-        # h0: (N, D) in one pass (w == n); on the split path the (N*NSEG, D) segment carries
-        h = tl.load(h0_ptr + w * D + cols, mask=cmask, other=0.0).to(ACC)
-        if BETA_PER_CH:
-            beta = tl.load(beta_ptr + cols, mask=cmask, other=0.0).to(ACC)[None, :]
-        else:
-            beta = tl.load(beta_ptr).to(ACC)
-        p0 = tl.load(pos_ptr + n * stride_pos)
+    h, aprod, beta = start_state(h0_ptr, w, D, cols, cmask, beta_ptr, BETA_PER_CH, SUMMARY, ACC, BLOCK_D)
+    p0 = tl.load(pos_ptr + n * stride_pos)
 
     n_chunks = tl.cdiv(hi - lo, BLOCK_T)
     for k in tl.range(0, n_chunks, num_stages=LOOP_STAGES):  # cp.async prefetch of the next chunks
@@ -134,16 +125,8 @@ def vmisa_bwd_kernel(
     off_g = rr[:, None] * stride_gl + cols[None, :]
     off_o = rr[:, None] * D + cols[None, :]  # the contiguous (B, L, D) outputs
     flip = tl.broadcast_to(rr[:, None], (BLOCK_T, BLOCK_D))
-    if SUMMARY:
-        carry = tl.zeros((BLOCK_D,), dtype=ACC)
-        pprod = tl.full((BLOCK_D,), 1.0, dtype=ACC)
-    else:
-        carry = tl.load(dcarry_ptr + w * D + cols, mask=cmask, other=0.0).to(ACC)
-        if BETA_PER_CH:
-            beta = tl.load(beta_ptr + cols, mask=cmask, other=0.0).to(ACC)[None, :]
-        else:
-            beta = tl.load(beta_ptr).to(ACC)
-        dbeta = tl.zeros((BLOCK_D,), dtype=ACC)
+    carry, pprod, beta = start_state(dcarry_ptr, w, D, cols, cmask, beta_ptr, BETA_PER_CH, SUMMARY, ACC, BLOCK_D)
+    dbeta = tl.zeros((BLOCK_D,), dtype=ACC)
     p0 = tl.load(pos_ptr + n * stride_pos)
     d_seq = decay_ptr + b * stride_db
 

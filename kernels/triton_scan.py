@@ -124,7 +124,10 @@ def _run(kernel: str, jit_fn, args: tuple, consts: dict, plan: LaunchPlan, n_wor
     def launch(cfg):
         jit_fn[(cdiv(d, cfg.kwargs["BLOCK_D"]) * n_work,)](*args, **consts, **cfg.all_kwargs())
 
-    return _TUNERS[kernel].run(key + (d, work_bucket(n_work)), cands, launch, pinned)
+    # the key: the variant and dtypes (``key``), the device, D, and buckets of the number of
+    # work items and of the chunks each one walks (N and L, through the plan)
+    key = key + (str(args[0].device), d, work_bucket(n_work), work_bucket(plan.seg_chunks))
+    return _TUNERS[kernel].run(key, cands, launch, pinned)
 
 
 def _carry_scan(h0: Tensor, sum_h: Tensor, sum_a: Tensor, carry: Tensor, n_seq: int, n_seg: int, has_decay: bool,

@@ -97,3 +97,23 @@ def work_item(D, L, NSEG, SEG_CHUNKS, cu_ptr, ckoff_ptr, NC, BLOCK_T: tl.constex
     lo = tl.minimum(bos + s * SEG_CHUNKS * BLOCK_T, eos)
     hi = tl.minimum(lo + (s * 0 + SEG_CHUNKS) * BLOCK_T, eos)  # int64 product
     return pid_d, w, n, s, bos, eos, lo, hi, b, ck_base + s * SEG_CHUNKS
+
+
+@triton.jit
+def start_state(state_ptr, w, D, cols, cmask, beta_ptr, BETA_PER_CH: tl.constexpr, SUMMARY: tl.constexpr,
+                ACC: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(state, running decay product, beta as a (1, BLOCK_D) row) at the start of work item
+    w. A summary pass starts from a zero state (beta unused); the others load row w of
+    ``state_ptr``: the (N, D) initial states / final-state gradients in one pass (w == n),
+    the (N*NSEG, D) segment carries on the split path."""
+    prod = tl.full((BLOCK_D,), 1.0, dtype=ACC)
+    if SUMMARY:
+        state = tl.zeros((BLOCK_D,), dtype=ACC)
+        beta = tl.zeros((1, BLOCK_D), dtype=ACC)
+    else:
+        state = tl.load(state_ptr + w * D + cols, mask=cmask, other=0.0).to(ACC)
+        if BETA_PER_CH:
+            beta = tl.load(beta_ptr + cols, mask=cmask, other=0.0).to(ACC)[None, :]
+        else:
+            beta = tl.zeros((1, BLOCK_D), dtype=ACC) + tl.load(beta_ptr).to(ACC)
+    return state, prod, beta

@@ -2,8 +2,8 @@
 small thread-safe tuner (in place of ``triton.autotune``) that
 
 * keys its cache on what changes the best config: the kernel variant (decay, layouts,
-  varlen, summary, whether the decay gradient is needed), D, a power-of-two bucket of the
-  number of work items, and the dtypes;
+  varlen, summary, whether the decay gradient is needed), the dtypes, the device, D, and
+  power-of-two buckets of the number of work items (N) and of their length (L);
 * returns the config it launched, to the caller (nothing is read back from shared state
   after the launch, so threads cannot see each other's choice);
 * skips configs that fail to compile or launch, and falls back to the pinned config when
