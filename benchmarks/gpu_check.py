@@ -1,7 +1,8 @@
 """The Triton scan on a real GPU in one command (under 10 minutes on one H100/H200).
 
     python benchmarks/gpu_check.py              # everything; JSON in benchmarks/results/gpu_check.json
-    python benchmarks/gpu_check.py --quick      # fewer shapes and dtypes (~3 min)
+    python benchmarks/gpu_check.py --quick      # bf16 only, a shorter large case
+    python benchmarks/gpu_check.py --no-autotune  # pinned configs: no tuning, far fewer compiles
     python benchmarks/gpu_check.py --dry-run    # CPU: the whole script at toy sizes through
                                                 # Triton's interpreter (times meaningless)
 
@@ -244,6 +245,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="bf16 only, a shorter large case, fewer timings")
     p.add_argument("--dry-run", action="store_true", help="CPU (Triton interpreter), toy sizes: checks the script")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    p.add_argument("--no-autotune", action="store_true",
+                   help="pinned configs only (VMISEQ_TRITON_AUTOTUNE=0): no tuning, far fewer compiles")
     p.add_argument("--budget-s", type=float, default=540.0, help="skip the remaining sections after this long")
     p.add_argument("--tests-timeout", type=float, default=300.0,
                    help="seconds for the pytest section (at most what the budget leaves, at least 60)")
@@ -254,6 +257,8 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available() and not args.dry_run:
         print("gpu_check: no CUDA device. Run it on a GPU, or use --dry-run to check the script on CPU.")
         return 2
+    if args.no_autotune:
+        os.environ["VMISEQ_TRITON_AUTOTUNE"] = "0"  # read at every launch; the pytest section inherits it
     ctx = Ctx(args)
     names = ["env"] + [n for n in args.sections if n != "env"]
     out_path = Path(args.out) / ("gpu_check_dryrun.json" if args.dry_run else "gpu_check.json")
