@@ -4,6 +4,7 @@ tested: every section runs and records its result, failures are recorded rather 
 and the docs table is rewritten between its markers."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -48,6 +49,10 @@ def test_gpu_check_fails_soft(tmp_path, monkeypatch):
     def boom(ctx):
         raise RuntimeError("no device today")
 
+    from vmiseq.kernels import triton_scan
+
+    # the dry run's Ctx sets a 2-SM launch policy: keep it away from the other tests
+    monkeypatch.setattr(triton_scan, "SETTINGS", dataclasses.replace(triton_scan.SETTINGS))
     monkeypatch.setitem(gpu_check.SECTIONS, "geometry", boom)
     args = gpu_check.argparse.Namespace(dry_run=True, quick=True, budget_s=100.0, out=str(tmp_path))
     res = gpu_check.run_sections(gpu_check.Ctx(args), ["env", "geometry", "tests"], tmp_path / "g.json")
