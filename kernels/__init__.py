@@ -4,6 +4,10 @@
   ``vmiseq::scan_bwd`` (one opaque node for ``torch.compile``, our own backward) with two
   implementations: ``"torch"`` (:func:`vmiseq.ops.varlen.scan_torch`) and ``"triton"``
   (:mod:`.triton_scan`).
+* :mod:`.triton_kernels` (+ :mod:`.triton_tiles`) hold the Triton kernels, :mod:`.triton_scan`
+  their launchers, :mod:`.geometry` the launch plan (pure Python: one pass or the small-batch
+  split into segments), :mod:`.tuning` the configs and the tuner (``set_autotune(False)`` or
+  ``VMISEQ_TRITON_AUTOTUNE=0`` for CUDA graphs), :mod:`.compile_check` the sm_90 build check.
 * Triton is imported lazily, the first time the triton backend runs: importing this
   package never needs it. ``TRITON_INTERPRET=1`` (set before that first run) makes the
   Triton kernels run on CPU tensors through Triton's interpreter.

@@ -36,7 +36,7 @@ class Resources:
     vector_loads: bool  # some ld.global with more than one element per instruction
 
 
-def _signature(fn, dtype: str, acc: str, consts: dict) -> tuple[dict, dict]:
+def _signature(fn, dtype: str, acc: str, consts: dict, gate: str | None = None) -> tuple[dict, dict]:
     """Argument types as the launcher passes them, and the 16-divisibility Triton's JIT
     would infer for pointers and for strides / sizes that are multiples of 16."""
     low = {"q_ptr", "v_ptr", "y_ptr", "dy_ptr", "dq_ptr", "dv_ptr"}
@@ -52,6 +52,8 @@ def _signature(fn, dtype: str, acc: str, consts: dict) -> tuple[dict, dict]:
                 sig[name] = "*i64"
             elif name == "cu_ptr":
                 sig[name] = "*i32"
+            elif gate and name in ("alpha_ptr", "decay_ptr"):  # gates loaded in their own dtype
+                sig[name] = "*" + gate
             else:
                 sig[name] = "*" + acc
         else:
@@ -79,29 +81,40 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
 
 def compile_variant(
     kernel: str, block_d: int, num_warps: int, num_stages: int, decay: str, dtype: str = "bf16", arch: int = 90,
-    maxnreg: int | None = None, **flags: bool,
+    maxnreg: int | None = None, gate: str | None = None, **flags: bool,
 ) -> Resources:
-    """Compile one specialisation of ``_vmisa_fwd_kernel`` / ``_vmisa_bwd_kernel`` to a cubin
-    (``flags`` override the constexpr switches)."""
+    """Compile one specialisation of ``vmisa_fwd_kernel`` / ``vmisa_bwd_kernel`` (``kernel``
+    "fwd" / "bwd"), or of ``segment_carry_kernel`` ("carry", with ``num_stages`` the
+    power-of-two segment count), to a cubin (``flags`` override the constexpr switches)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from . import triton_kernels as tk
     from . import triton_scan as ts
 
     if ts.INTERPRET:
         raise RuntimeError("compile_check: unset TRITON_INTERPRET (the interpreter has no compiler)")
-    fn = (ts._vmisa_fwd_kernel if kernel == "fwd" else ts._vmisa_bwd_kernel).fn
     acc = "fp64" if dtype == "fp64" else "fp32"
-    consts = dict(
-        BLOCK_T=ts.BLOCK_T, LOG2_T=ts.LOG2_BLOCK_T, BLOCK_D=block_d, ALPHA_PER_CH=False,
-        HAS_DECAY=decay != "none", DECAY_PER_CH=decay == "channel", BETA_PER_CH=True, USE_MASK=True,
-        VARLEN=False, NATIVE_SCAN=True, LOOP_STAGES=num_stages,
-    )
-    consts.update(flags)  # e.g. VARLEN=True, ALPHA_PER_CH=True, BETA_PER_CH=False, USE_MASK=False
-    if kernel == "bwd":
-        consts["NEED_DDECAY"] = decay != "none"
-    sig, attrs = _signature(fn, DTYPES[dtype], acc, consts)
+    if kernel == "carry":  # the split path's segment-carry scan: block_d x num_stages (= NSEG_P2) tile
+        fn = tk.segment_carry_kernel
+        consts = dict(HAS_DECAY=decay != "none", REVERSE=False, NSEG_P2=num_stages,
+                      LOG2_NSEG=num_stages.bit_length() - 1, BLOCK_D=block_d, NATIVE_SCAN=True)
+    else:
+        fn = tk.vmisa_fwd_kernel if kernel == "fwd" else tk.vmisa_bwd_kernel
+        consts = dict(
+            BLOCK_T=ts.BLOCK_T, LOG2_T=ts.LOG2_BLOCK_T, BLOCK_D=block_d, ALPHA_PER_CH=False,
+            HAS_DECAY=decay != "none", DECAY_PER_CH=decay == "channel", BETA_PER_CH=True, USE_MASK=True,
+            VARLEN=False, NATIVE_SCAN=True, SUMMARY=False, LOOP_STAGES=num_stages,
+        )
+        if kernel == "bwd":
+            consts["NEED_DDECAY"] = decay != "none"
+    if kernel != "carry":
+        # Triton's JIT specialises integer arguments equal to 1: a gate's unit channel stride
+        # is a constant at run time, which is what lets its (BLOCK_T, BLOCK_D) tile vectorise
+        consts.update(stride_ad=1, stride_dd=1)
+    consts.update(flags)  # e.g. VARLEN=True, ALPHA_PER_CH=True, BETA_PER_CH=False, USE_MASK=False, SUMMARY=True
+    sig, attrs = _signature(fn, DTYPES[dtype], acc, consts, gate)
     compiled = triton.compile(
         ASTSource(fn, sig, constexprs=consts, attrs=attrs),
         target=GPUTarget("cuda", arch, 32),
@@ -109,7 +122,9 @@ def compile_variant(
     )
     ptx = compiled.asm["ptx"]
     regs, spills = _ptxas_usage(ptx, arch)
-    vector = bool(re.search(r"ld\.global(?:\.\w+)*\.v[248]", ptx))
+    # vector loads: ld.global.v2/v4/v8, or 8/16-byte cp.async copies (the pipelined loop's loads)
+    vector = bool(re.search(r"ld\.global(?:\.\w+)*\.v[248]", ptx)
+                  or re.search(r"cp\.async\.c[ag]\.shared\.global[^\n]*\], (?:0x10|0x8|16|8)\b", ptx))
     return Resources(kernel, block_d, num_warps, maxnreg, num_stages, decay, dtype, regs, spills, vector)
 
 

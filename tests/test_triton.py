@@ -28,7 +28,7 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="triton is not installed: the Triton backend cannot be tested")
 
-from vmiseq.kernels import op, triton_scan  # noqa: E402
+from vmiseq.kernels import op, triton_scan, tuning  # noqa: E402
 from vmiseq.layers.vmisa import VMISALayer  # noqa: E402
 from vmiseq.ops import vmisa_scan  # noqa: E402
 from vmiseq.ops.vmisa import resolve_backend  # noqa: E402
@@ -38,101 +38,12 @@ if not torch.cuda.is_available() and not triton_scan.INTERPRET:
         "vmiseq.kernels.triton_scan was imported before TRITON_INTERPRET=1 was set, so its kernels "
         "cannot run on CPU: run this file on its own or set TRITON_INTERPRET=1 in the environment"
     )
-DEVICE = "cuda" if torch.cuda.is_available() and not triton_scan.INTERPRET else "cpu"
-B = 2
-
-TOL_FP32 = 2e-5
-TOL_BF16_RMS = 1e-2
-TOL_FP64 = 1e-12
+from triton_cases import B, DEVICE, DIFF, check, compare_to_naive, make_case, run  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def nan_filled_buffers(monkeypatch):
     monkeypatch.setenv(triton_scan.NAN_ENV, "1")
-
-
-# --------------------------------------------------------------------------- helpers
-def make_case(L, D, alpha, decay, offset, init, dtype, beta="scalar", seed=0, batch=B):
-    """Random inputs. alpha: "L" | "BL" | "BLD"; decay: None | "BL" | "BLD";
-    offset: int or "per_seq" (a (B,) tensor); beta: "scalar" | "D"."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, lo=None):
-        x = torch.rand(*shape, generator=g) if lo is not None else torch.randn(*shape, generator=g)
-        if lo is not None:
-            x = lo + (1 - lo) * x
-        return x.to(dtype).to(DEVICE)
-
-    case = {
-        "q": rnd(batch, L, D),
-        "v": rnd(batch, L, D),
-        "alpha": {"L": rnd(L, lo=0.0), "BL": rnd(batch, L, lo=0.0), "BLD": rnd(batch, L, D, lo=0.0)}[alpha],
-        "beta": rnd(()) if beta == "scalar" else rnd(D),
-        "initial_state": rnd(batch, D) if init else None,
-        "decay": None if decay is None else {"BL": rnd(batch, L, lo=0.5), "BLD": rnd(batch, L, D, lo=0.5)}[decay],
-        "offset": torch.arange(batch, device=DEVICE) * 7 + 3 if offset == "per_seq" else offset,
-    }
-    return case
-
-
-DIFF = ("q", "v", "alpha", "beta", "initial_state", "decay")
-
-
-def run(case, backend, dtype=None, rank_mask=True, grad_y=True, grad_final=True, requires=DIFF):
-    """Outputs and gradients (dict) of vmisa_scan on a copy of ``case`` cast to ``dtype``."""
-    leaves = {}
-    for k in DIFF:
-        x = case[k]
-        if x is not None:
-            x = x.detach().clone()
-            if dtype is not None:
-                x = x.to(dtype)
-            x.requires_grad_(k in requires)
-        leaves[k] = x
-    y, final = vmisa_scan(
-        leaves["q"], leaves["v"], leaves["alpha"], leaves["beta"],
-        initial_state=leaves["initial_state"], offset=case["offset"], rank_mask=rank_mask,
-        decay=leaves["decay"], output_final_state=True, backend=backend,
-    )
-    g = torch.Generator().manual_seed(123)
-    gy = torch.randn(y.shape, generator=g).to(y.dtype).to(y.device)
-    gf = torch.randn(final.shape, generator=g).to(final.dtype).to(final.device)
-    outs, grads = [], []
-    if grad_y:
-        outs.append(y)
-        grads.append(gy)
-    if grad_final:
-        outs.append(final)
-        grads.append(gf)
-    torch.autograd.backward(outs, grads)
-    res = {"y": y.detach(), "final": final.detach()}
-    for k, x in leaves.items():
-        if x is not None and x.requires_grad:  # None when no path leads to the loss: zero
-            res["d" + k] = torch.zeros_like(x) if x.grad is None else x.grad
-    return res
-
-
-def check(actual: dict, ref: dict, dtype: torch.dtype) -> None:
-    assert actual.keys() == ref.keys()
-    for k in ref:
-        a, r = actual[k].double().cpu(), ref[k].double().cpu()
-        assert a.shape == r.shape, k
-        assert torch.isfinite(a).all(), f"{k}: non-finite values (an unwritten NaN-filled element?)"
-        if dtype in (torch.bfloat16, torch.float16):
-            rms = (a - r).norm() / r.norm().clamp_min(1e-30)
-            assert rms <= TOL_BF16_RMS, f"{k}: relative RMS error {rms:.2e} > {TOL_BF16_RMS}"
-        else:
-            tol = TOL_FP64 if dtype == torch.float64 else TOL_FP32
-            err = (a - r).abs().max().item() if a.numel() else 0.0
-            scale = max(1.0, r.abs().max().item() if r.numel() else 0.0)
-            assert err <= tol * scale, f"{k}: max error {err:.2e} > {tol:.0e} * {scale:.2f}"
-
-
-def compare_to_naive(case, dtype, **kw):
-    ref = run(case, "naive", dtype=torch.float64, **kw)
-    out = run(case, "triton", **kw)
-    assert out["y"].dtype == dtype and out["final"].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    check(out, ref, dtype)
 
 
 # --------------------------------------------------------------------------- vs naive
@@ -339,26 +250,32 @@ def test_cpu_without_interpreter_is_a_clear_error():
 
 
 def test_kernels_compile_for_h100():
-    """Lower both kernels to sm_90 cubins with the bundled ptxas (no GPU needed) for every
-    autotuned shape: catches GPU-only lowering errors, checks loads stay vectorised and the
-    shapes without a register cap never spill."""
+    """Lower the kernels to sm_90 cubins with the bundled ptxas (no GPU needed) for every
+    tuned shape, the pinned configs, the split path's summary passes and its carry scan:
+    catches GPU-only lowering errors, checks loads stay vectorised and the shapes without a
+    register cap never spill."""
     code = (
-        "from vmiseq.kernels import triton_scan as ts\n"
+        "from vmiseq.kernels import tuning\n"
         "from vmiseq.kernels.compile_check import compile_variant\n"
-        "for k, shapes in (('fwd', ts.FWD_SHAPES), ('bwd', ts.BWD_SHAPES)):\n"
+        "for k, shapes in (('fwd', tuning.FWD_SHAPES), ('bwd', tuning.BWD_SHAPES)):\n"
         "    for bd, w, cap in shapes:\n"
         "        r = compile_variant(k, bd, w, 2, 'channel', maxnreg=cap)\n"
         "        print(k, bd, w, cap, r.registers, r.spill_bytes, r.vector_loads)\n"
-        "for k in ('fwd', 'bwd'):  # the other constexpr branches: packed, per-channel alpha, ...\n"
+        "for k in ('fwd', 'bwd'):  # the other constexpr branches: packed, per-channel alpha, summary, bf16 gates\n"
         "    r = compile_variant(k, 16, 4, 2, 'token', VARLEN=True, ALPHA_PER_CH=True, BETA_PER_CH=False,\n"
         "                        USE_MASK=False)\n"
         "    print(k, 16, 4, 'None', r.registers, r.spill_bytes, r.vector_loads)\n"
+        "    r = compile_variant(k, tuning.PINNED_BLOCK_D[k], 4, 2, 'channel', gate='bf16', SUMMARY=True)\n"
+        "    print(k, tuning.PINNED_BLOCK_D[k], 4, 'None', r.registers, r.spill_bytes, r.vector_loads)\n"
+        "for p2 in (2, 256):  # carry scan: 16 channels x NSEG_P2 segments\n"
+        "    r = compile_variant('carry', 16, 8 if p2 >= 128 else 4, p2, 'token')\n"
+        "    print('carry', 16, p2, 'None', r.registers, r.spill_bytes, 'True')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line.split() for line in out.stdout.strip().splitlines()]
-    assert len(rows) == len(triton_scan.FWD_SHAPES) + len(triton_scan.BWD_SHAPES) + 2
+    assert len(rows) == len(tuning.FWD_SHAPES) + len(tuning.BWD_SHAPES) + 4 + 2
     for kernel, bd, w, cap, regs, spill, vec in rows:
         assert vec == "True", f"{kernel} BLOCK_D={bd} warps={w}: tile loads are not vectorised"
         if cap == "None":
@@ -389,13 +306,14 @@ def test_benchmark_script_dry_run(tmp_path):
 
 
 def test_gpu_autotune_space():
-    """The GPU configs (not used by the interpreter) build, prune by D and fit the buffers."""
+    """The GPU configs (not used by the interpreter) build, and the pinned config stays inside
+    the BLOCK_D values a plan allows."""
     for kernel in ("fwd", "bwd"):
-        configs = triton_scan._configs(kernel, gpu=True)
+        configs = tuning.configs(kernel, gpu=True)
         assert len(configs) >= 6
         assert all(c.kwargs["LOOP_STAGES"] in (1, 2, 3) for c in configs)
-        assert min(c.kwargs["BLOCK_D"] for c in configs) >= triton_scan.MIN_BLOCK_D
-        narrow = triton_scan._prune(configs, {"D": 16})
-        assert narrow and all(c.kwargs["BLOCK_D"] <= 16 for c in narrow)
-        assert len(triton_scan._prune(configs, {"D": 2048})) == len(configs)
-    assert len(triton_scan._configs("fwd", gpu=False)) == 1
+        assert tuning.pinned(kernel, (16,), gpu=True).kwargs["BLOCK_D"] == 16
+        assert tuning.pinned(kernel, (32, 64), gpu=True).kwargs["BLOCK_D"] == 32
+        assert tuning.pinned(kernel, (64,), gpu=True).kwargs["BLOCK_D"] == 64
+    assert tuning.pinned("fwd", (16,), gpu=False).kwargs["BLOCK_D"] == 16
+    assert tuning.pinned("fwd", (16, 64), gpu=False).kwargs["BLOCK_D"] == 64

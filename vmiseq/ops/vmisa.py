@@ -225,9 +225,9 @@ def vmisa_scan(
     _check_qv(q, v)
     B, L, D = q.shape
     acc = acc_dtype(q.dtype)
-    alpha_n = _per_token("alpha", alpha, q, allow_table=True).to(acc)
+    alpha_n = _per_token("alpha", alpha, q, allow_table=True)  # cast to acc below (triton loads it as is)
     beta_n = _channel_param("beta", beta, q).to(acc)
-    decay_n = None if decay is None else _per_token("decay", decay, q, allow_table=False).to(acc)
+    decay_n = None if decay is None else _per_token("decay", decay, q, allow_table=False)
     checking = check_values and values_checkable(q)
     if checking and decay_n is not None:
         _check_unit_interval("decay", decay_n)
@@ -246,6 +246,9 @@ def vmisa_scan(
         _require_device("initial_state", initial_state, q)
         h0 = initial_state.to(acc)
     name = resolve_backend(backend, q.device)
+    if name != "triton":  # the Triton kernels load bf16 / fp16 gates natively: no extra pass
+        alpha_n = alpha_n.to(acc)
+        decay_n = None if decay_n is None else decay_n.to(acc)
 
     if L == 0:
         y, final = q.new_zeros(B, 0, D), h0
