@@ -49,16 +49,20 @@ class RoPE(nn.Module):
 
     def __init__(self, shape: tuple[int, int, int], base: float = 10000.0) -> None:
         super().__init__()
+        self.register_buffer("rotations", self.table(shape, base))
+
+    @staticmethod
+    def table(shape: tuple[int, int, int], base: float = 10000.0, dtype: torch.dtype = torch.float32) -> Tensor:
+        """(H, W, C/2, 2) cos / sin, computed in ``dtype`` (the official code: float32)."""
         channel_dims, feature_dim = shape[:-1], shape[-1]
         k_max = feature_dim // (2 * len(channel_dims))
-        theta = 1.0 / (base ** (torch.arange(k_max) / k_max))
-        grids = torch.meshgrid([torch.arange(d) for d in channel_dims], indexing="ij")
+        theta = 1.0 / (base ** (torch.arange(k_max, dtype=dtype) / k_max))
+        grids = torch.meshgrid([torch.arange(d, dtype=dtype) for d in channel_dims], indexing="ij")
         angles = torch.cat([g.unsqueeze(-1) * theta for g in grids], dim=-1)  # (H, W, C/2)
-        rotations = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
-        self.register_buffer("rotations", rotations)
+        return torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
-        xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+        xc = torch.view_as_complex(x.to(torch.promote_types(x.dtype, torch.float32)).reshape(*x.shape[:-1], -1, 2))
         return torch.view_as_real(torch.view_as_complex(self.rotations) * xc).flatten(-2)
 
 
