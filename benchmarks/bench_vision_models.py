@@ -109,21 +109,32 @@ def main(argv=None) -> list[dict]:
     if unknown:
         p.error(f"--models: expected names from {sorted(PAPER)}, got {unknown}")
     batches = [int(b) for b in args.batch_sizes.split(",") if b]
+    if args.rounds < 1:
+        p.error(f"--rounds: expected at least 1 timed round, got {args.rounds}")
     load_before = os.getloadavg()
 
     counts = {n: count(n, args.img_size) for n in names}
     models = build_models(names, args.img_size, args.official)
     jobs = make_jobs(models, batches, args.img_size)
     times: dict[tuple, list[float]] = {(n, b, m): [] for n, b, m, _ in jobs}
-    t_start = time.time()
+    t_start, rows = time.time(), []
     for r in progress(range(args.rounds + 1), desc="rounds"):
         for name, bs, mode, fn in jobs:
             t0 = time.perf_counter()
             fn()
+            dt = time.perf_counter() - t0
+            print(f"  round {r}: {name} batch {bs} {mode}: {dt:.2f} s", flush=True)
             if r > 0:  # round 0 warms up every job (allocator, oneDNN primitives)
-                times[(name, bs, mode)].append(time.perf_counter() - t0)
+                times[(name, bs, mode)].append(dt)
         print(f"round {r} done after {time.time() - t_start:.0f} s, load {os.getloadavg()[0]:.1f}", flush=True)
+        if r > 0:  # results after every round: a slow machine still leaves a complete table behind
+            rows = report(times, r, counts, models, batches, args, load_before)
 
+    return rows
+
+
+def report(times, rounds_done, counts, models, batches, args, load_before) -> list[dict]:
+    """Table, JSON and plot from the medians of the rounds timed so far."""
     ips = {key: key[1] / statistics.median(ts) for key, ts in times.items()}
     rows = []
     for name in models:
@@ -142,11 +153,11 @@ def main(argv=None) -> list[dict]:
     columns = list(dict.fromkeys(k for r in rows for k in r))
     info = machine_info()
     title = (f"{args.img_size}px, CPU {info['cpu']} x{torch.get_num_threads()} threads, load "
-             f"{load_before[0]:.1f} before / {os.getloadavg()[0]:.1f} after; median of {args.rounds} interleaved rounds")
+             f"{load_before[0]:.1f} before / {os.getloadavg()[0]:.1f} after; median of {rounds_done} interleaved rounds")
     print_table(rows, columns, title=title)
     out = Path(args.out)
     write_json(out.with_suffix(".json"), rows, args, load_before=list(load_before),
-               load_after=list(os.getloadavg()), raw_seconds={" / ".join(map(str, k)): v for k, v in times.items()})
+               load_after=list(os.getloadavg()), rounds_done=rounds_done, raw_seconds={" / ".join(map(str, k)): v for k, v in times.items()})
     series = {f"{mode} b{bs}": [r.get(f"{mode} img/s b{bs}", float("nan")) for r in rows]
               for bs in batches for mode in ("train", "infer")}
     save_plot(out.with_suffix(".png"), [r["model"] for r in rows], series, xlabel="model", ylabel="images / s",

@@ -179,3 +179,6 @@ def test_image_experiment_trains_mlla_mnist(tmp_path):
     assert 0.0 <= res["final"]["val/acc1"] <= 1.0 and torch.isfinite(torch.tensor(res["final"]["val/loss"]))
     saved = MLLA.from_pretrained(tmp_path / "fm" / "model")  # the trained model, written by save_pretrained
     assert saved.config.num_classes == 10 and saved.config.in_chans == 1
+    metrics = exp.main(["--val-subset", "64", "--batch-size", "32", "--out-dir", str(tmp_path / "ev"), "--no-progress",
+                        "--eval-only", "--checkpoint", str(tmp_path / "fm" / "model")])
+    assert abs(metrics["val/acc1"] - res["final"]["val/acc1"]) < 1e-6
