@@ -379,9 +379,11 @@ def load_for_eval(cls, path: str, num_classes: int):
     """A module from a Lightning checkpoint or a save_pretrained directory."""
     p = Path(path)
     if p.is_dir():
+        from vmiseq.models.mlla import MLLA
         from vmiseq.models.vminet import VMINet
 
-        model = VMINet.from_pretrained(p)
+        saved_class = json.loads((p / "config.json").read_text()).get("model_class") if (p / "config.json").is_file() else None
+        model = (MLLA if saved_class == "MLLA" else VMINet).from_pretrained(p)
         if model.config.num_classes != num_classes:
             raise ValueError(f"--checkpoint: the model has {model.config.num_classes} classes, the data {num_classes}")
         return cls("pretrained", {}, num_classes, None, 1e-3, 1, 0.0, 0, 0, 0, 0.0, 0.0, 0.0, 0.5, 0, 1, model=model)

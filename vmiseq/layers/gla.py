@@ -20,12 +20,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.linear_attn import causal_linear_attn_chunk, causal_linear_attn_naive
 from .dropout import Dropout
 from .state import BatchedState
 
 GATE_TEMPERATURE = 16.0  # GLA's normaliser: log a = logsigmoid(.) / 16 keeps forgetting slow
-MIN_LOG_DECAY = -4.0  # per-token clamp: exp(+-64) over a 16-token chunk stays inside float32
-CHUNK = 16
+MIN_LOG_DECAY = -4.0  # per-token clamp: exp(+-64) over a 16-token chunk (ops.linear_attn.CHUNK) stays inside float32
 
 
 @dataclass
@@ -43,47 +43,10 @@ class GLAState(BatchedState):
     position: Tensor
 
 
-def gla_naive(q: Tensor, k: Tensor, v: Tensor, log_a: Tensor, S0: Tensor) -> tuple[Tensor, Tensor]:
-    """Reference loop. q, k, log_a (B, H, L, dk), v (B, H, L, dv), S0 (B, H, dk, dv)."""
-    S, outs = S0, []
-    for t in range(q.shape[2]):
-        S = log_a[:, :, t].exp().unsqueeze(-1) * S + k[:, :, t].unsqueeze(-1) * v[:, :, t].unsqueeze(-2)
-        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, :, t], S))
-    o = torch.stack(outs, dim=2) if outs else v.new_zeros(v.shape)
-    return o, S
-
-
-def gla_chunk(q: Tensor, k: Tensor, v: Tensor, log_a: Tensor, S0: Tensor, chunk: int = CHUNK) -> tuple[Tensor, Tensor]:
-    """Chunked parallel GLA, same contract as :func:`gla_naive` (inputs in float32).
-
-    Within a chunk the decay between tokens i >= j is exp(A_i - A_j) with A the in-chunk
-    cumulative log decay, folded into q (times exp(A_i)) and k (times exp(-A_j)); the clamp
-    on log a bounds both factors. Across chunks the state is carried by a loop over chunks.
-    """
-    B, H, L, dk = q.shape
-    dv = v.shape[-1]
-    n = -(-L // chunk)
-    pad = n * chunk - L
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        log_a = F.pad(log_a, (0, 0, 0, pad))  # log 1 = 0: padding neither decays nor adds
-    q, k, v, log_a = (t.reshape(B, H, n, chunk, t.shape[-1]) for t in (q, k, v, log_a))
-    A = torch.cumsum(log_a, dim=3)  # (B, H, n, C, dk)
-    A_last = A[:, :, :, -1:]  # (B, H, n, 1, dk)
-    q_in = q * A.exp()
-    k_in = k * (-A).exp()
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril_()
-    att = (q_in @ k_in.transpose(-1, -2)).masked_fill_(~causal, 0.0)
-    o = att @ v  # (B, H, n, C, dv) intra-chunk part
-    k_out = k * (A_last - A).exp()  # decay from token j to the chunk's end
-    dS = k_out.transpose(-1, -2) @ v  # (B, H, n, dk, dv)
-    chunk_decay = A_last.squeeze(3).exp().unsqueeze(-1)  # (B, H, n, dk, 1)
-    S, enter = S0, []
-    for i in range(n):
-        enter.append(S)
-        S = chunk_decay[:, :, i] * S + dS[:, :, i]
-    o = o + q_in @ torch.stack(enter, dim=2)  # inter-chunk part
-    return o.reshape(B, H, n * chunk, dv)[:, :, :L], S
+# The recurrence itself is the library's shared causal linear attention (also the causal
+# form of the MLLA mixer): one implementation, re-exported here under GLA's names.
+gla_naive = causal_linear_attn_naive
+gla_chunk = causal_linear_attn_chunk
 
 
 class GatedLinearAttention(nn.Module):

@@ -136,3 +136,25 @@ def _ensure_builtin() -> None:
         ),
         "small 3-stage VMINet for 28x28 grayscale images (the experiments' built-in default)",
     )
+    _register_mlla()
+
+
+def _register_mlla() -> None:
+    from .mlla import MLLA
+
+    # The official MLLA variants (github LeapLabTHU/MLLA, cfgs/mlla_{t,s,b}.yaml).
+    for name, E, depths, heads, dpr, desc in (
+        ("mlla_t", 64, (2, 4, 8, 4), (2, 4, 8, 16), 0.2, "MLLA-T: 24.4M params, 4.2 GFLOPs, ImageNet 83.5% (paper)"),
+        ("mlla_s", 64, (3, 6, 21, 6), (2, 4, 8, 16), 0.3, "MLLA-S: 43.0M params, 7.3 GFLOPs, ImageNet 84.4% (paper)"),
+        ("mlla_b", 96, (3, 6, 21, 6), (3, 6, 12, 24), 0.5, "MLLA-B: 96.0M params, 16.2 GFLOPs, ImageNet 85.3% (paper)"),
+    ):
+        register_model(name, MLLA, dict(embed_dim=E, depths=depths, num_heads=heads, drop_path_rate=dpr), desc)
+    # Beside vminet_mnist: 28 px, 1 channel, stem stride 2, three stages at 14, 7 and 4 px,
+    # widths 24/48/96 (about the same parameter count, 0.4 M).
+    register_model(
+        "mlla_mnist",
+        MLLA,
+        dict(embed_dim=24, depths=(2, 2, 2), num_heads=(1, 2, 4), stem_strides=(1, 2), img_size=28, in_chans=1,
+             num_classes=10),
+        "small 3-stage MLLA for 28x28 grayscale images (side by side with vminet_mnist)",
+    )
