@@ -18,13 +18,14 @@ publishers' terms (see the Autoformer repository). None of them is shipped with 
 from __future__ import annotations
 
 import os
-import tempfile
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from .download import _umask, _write_record, cache_dir, fetch
+from .download import cache_dir, fetch, sha256_of
+from .files import atomic_write
 
 __all__ = ["ForecastDataset", "DATASETS", "dataset_path", "resolve_data"]
 
@@ -92,9 +93,7 @@ def dataset_path(name: str, directory: Optional[Union[str, os.PathLike]] = None)
     archive = fetch(entry.url, _ALL_SIX_FILE, None, directory=folder)
     _extract(archive, entry.member, target)
     if entry.sha256 is None:  # record the extracted file's hash: later uses are checked against it
-        from .download import sha256_of
-
-        _write_record(target.with_name(target.name + ".sha256"), sha256_of(target))
+        atomic_write(target.with_name(target.name + ".sha256"), (sha256_of(target) + "\n").encode())
     return fetch(entry.url, entry.filename, entry.sha256, directory=folder)
 
 
@@ -106,16 +105,8 @@ def _extract(archive: Path, member: str, target: Path) -> None:
             names = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == member and "__MACOSX" not in n]
             if not names:
                 raise ValueError(f"{archive}: no {member} inside the archive; delete it and download it again")
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-            try:
-                with os.fdopen(fd, "wb") as out, zf.open(names[0]) as src:
-                    for block in iter(lambda: src.read(1 << 20), b""):
-                        out.write(block)
-                os.chmod(tmp, 0o666 & ~_umask())
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with zf.open(names[0]) as src:
+                atomic_write(target, lambda out: shutil.copyfileobj(src, out, 1 << 20))
     except zipfile.BadZipFile as exc:
         raise ValueError(f"{archive}: not a zip archive ({exc}); delete it and download it again") from exc
 

@@ -3,8 +3,9 @@
 Used for released model weights (:mod:`vmiseq.pretrained`) and named benchmark data sets
 (:mod:`vmiseq.benchmark_data`). The cache folder is ``$VMISEQ_CACHE`` or, when unset,
 ``$XDG_CACHE_HOME/vmiseq`` (``~/.cache/vmiseq``). A file is written to a temporary file
-created exclusively in the target folder, hashed while it streams, checked and renamed
-into place, so a crash never leaves a partial file under the final name.
+created exclusively in the target folder (:func:`vmiseq.files.atomic_write`), hashed while it
+streams, checked and renamed into place, so a crash never leaves a partial file under the
+final name.
 
 Checksums: a file whose SHA-256 is pinned in the library is refused when it differs. For a
 file whose hash is not pinned yet, the hash of the first download is recorded beside it
@@ -15,11 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Optional, Union
+
+from .files import atomic_write
 
 __all__ = ["cache_dir", "fetch", "sha256_of", "DownloadError"]
 
@@ -97,57 +99,33 @@ def fetch(
         _check(target, sha256)
         return target
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=folder)
-    tmp = Path(tmp_name)
-    h = hashlib.sha256()
     try:
-        try:
-            response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - https URLs from our tables
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise DownloadError(
-                f"could not download {filename} from {url} ({exc}). To work offline, fetch that URL by hand and "
-                f"put the file at {target}"
-            ) from exc
-        with response, os.fdopen(fd, "wb") as out:
-            fd = -1
-            total = int(response.headers.get("Content-Length") or 0) or None
-            bar = _bar(total, filename) if progress else None
-            for block in iter(lambda: response.read(_CHUNK), b""):
-                out.write(block)
-                h.update(block)
-                if bar is not None:
-                    bar.update(len(block))
+        response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - https URLs from our tables
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise DownloadError(
+            f"could not download {filename} from {url} ({exc}). To work offline, fetch that URL by hand and "
+            f"put the file at {target}"
+        ) from exc
+    h = hashlib.sha256()
+
+    def copy(out) -> None:  # streams into atomic_write's exclusive temp file, hashing as it goes
+        total = int(response.headers.get("Content-Length") or 0) or None
+        bar = _bar(total, filename) if progress else None
+        for block in iter(lambda: response.read(_CHUNK), b""):
+            out.write(block)
+            h.update(block)
             if bar is not None:
-                bar.close()
-        actual = h.hexdigest()
-        if sha256 is not None and actual != sha256.lower():
-            raise ValueError(
-                f"{url}: downloaded file has SHA-256 {actual}, expected {sha256.lower()}; it was not kept"
-            )
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-        if sha256 is None:
-            _write_record(target.with_name(target.name + ".sha256"), actual)
-    except BaseException:
-        if fd != -1:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
+                bar.update(len(block))
+        if bar is not None:
+            bar.close()
+        if sha256 is not None and h.hexdigest() != sha256.lower():
+            raise ValueError(f"{url}: downloaded file has SHA-256 {h.hexdigest()}, expected {sha256.lower()}; it was not kept")
+
+    with response:
+        atomic_write(target, copy)
+    if sha256 is None:
+        atomic_write(target.with_name(target.name + ".sha256"), (h.hexdigest() + "\n").encode())
     return target
-
-
-def _write_record(path: Path, digest: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(digest + "\n")
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _bar(total: Optional[int], name: str):
