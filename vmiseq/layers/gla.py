@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checks import check_dtype
 from .dropout import Dropout
 from .state import BatchedState
 
@@ -168,6 +169,7 @@ class GatedLinearAttention(nn.Module):
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.dim:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x: expected shape (B, L, C) with C={self.dim}, got {shape}")
+        check_dtype("x", x, self.conv.weight.dtype)
         B, L, _ = x.shape
         if state is not None:
             self.check_state(state, x)
