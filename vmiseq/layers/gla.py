@@ -20,9 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import check_dtype
 from .dropout import Dropout
 from .state import BatchedState
+from .checks import check_dtype  # noqa: I001 (kept apart from the imports above: merge-friendly)
 
 GATE_TEMPERATURE = 16.0  # GLA's normaliser: log a = logsigmoid(.) / 16 keeps forgetting slow
 MIN_LOG_DECAY = -4.0  # per-token clamp: exp(+-64) over a 16-token chunk stays inside float32
