@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .dropout import Dropout
 from .state import BatchedState
-from .checks import check_dtype  # noqa: I001 (kept apart from the imports above: merge-friendly)
+from .checks import check_dtype
 
 GATE_TEMPERATURE = 16.0  # GLA's normaliser: log a = logsigmoid(.) / 16 keeps forgetting slow
 MIN_LOG_DECAY = -4.0  # per-token clamp: exp(+-64) over a 16-token chunk stays inside float32
