@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vmiseq import VMISALayer, create_model, vmisa_global, vmisa_scan
+from vmiseq.layers import CausalSelfAttention, GatedLinearAttention
 from vmiseq.models import VMISAConfig
 
 B, L, D = 2, 5, 4
@@ -94,6 +95,8 @@ CASES = [
     ("scan-nan", scan(v=torch.full((B, L, D), float("nan"))), ValueError, ["q, v:", "finite", "NaN"]),
     ("layer-half-input", lambda: LAYER(torch.randn(B, L, 8).half()), TypeError, ["x:", "torch.float32", "torch.float16", "autocast"]),
     ("image-bf16-input", lambda: IMG_LAYER(torch.randn(1, 8, 4, 4).bfloat16()), TypeError, ["x:", "torch.float32", "torch.bfloat16"]),
+    ("gla-half-input", lambda: GatedLinearAttention(8, 2)(torch.randn(B, L, 8).half()), TypeError, ["x:", "torch.float32", "torch.float16"]),
+    ("attention-bf16-input", lambda: CausalSelfAttention(8, 2)(torch.randn(B, L, 8).bfloat16()), TypeError, ["x:", "torch.float32", "torch.bfloat16"]),
     ("step-half-input", lambda: LAYER.step(torch.randn(B, 8).half(), LAYER.init_state(B)), TypeError, ["x_t:", "torch.float32", "torch.float16"]),
     ("step-negative-position", lambda: POS_LAYER.step(torch.randn(B, 8), at_position(POS_LAYER, torch.tensor([-1, 0]))), ValueError, ["state.position:", "non-negative", "-1"]),
     ("forward-negative-position", lambda: POS_LAYER(torch.randn(B, L, 8), at_position(POS_LAYER, torch.tensor([3, -2]))), ValueError, ["state.position:", "non-negative", "-2"]),

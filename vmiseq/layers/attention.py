@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checks import check_dtype
 from .dropout import Dropout, dropout_active
 from .state import BatchedState
 
@@ -148,6 +149,7 @@ class CausalSelfAttention(nn.Module):
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.dim:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x: expected shape (B, L, C) with C={self.dim}, got {shape}")
+        check_dtype("x", x, self.qkv.weight.dtype)
         B, L, _ = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).unbind(2)  # (B, L, H, hd)
         p = self.dropout if dropout_active(self) else 0.0

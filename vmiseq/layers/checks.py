@@ -31,10 +31,13 @@ def check_dtype(name: str, x: Tensor, expected: torch.dtype) -> None:
         )
 
 
-def check_positions(position: Tensor) -> tuple[int, int]:
-    """Eager check of a state's (B,) positions; returns (min, max). One host sync."""
+def check_position_dtype(position: Tensor) -> None:
     if position.is_floating_point() or position.is_complex() or position.dtype == torch.bool:
         raise TypeError(f"state.position: expected an integer tensor, got dtype {position.dtype}")
+
+
+def check_positions(position: Tensor) -> tuple[int, int]:
+    """Eager check of a state's (B,) integer positions: >= 0; returns (min, max). One host sync."""
     if position.numel() == 0 or not values_checkable(position):
         return 0, 0
     lo, hi = (int(v) for v in torch.aminmax(position))

@@ -23,6 +23,7 @@ from torch import Tensor
 from ..ops.linear_attn import causal_linear_attn_chunk, causal_linear_attn_naive
 from .dropout import Dropout
 from .state import BatchedState
+from .checks import check_dtype
 
 GATE_TEMPERATURE = 16.0  # GLA's normaliser: log a = logsigmoid(.) / 16 keeps forgetting slow
 MIN_LOG_DECAY = -4.0  # per-token clamp: exp(+-64) over a 16-token chunk (ops.linear_attn.CHUNK) stays inside float32
@@ -131,6 +132,7 @@ class GatedLinearAttention(nn.Module):
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.dim:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x: expected shape (B, L, C) with C={self.dim}, got {shape}")
+        check_dtype("x", x, self.conv.weight.dtype)
         B, L, _ = x.shape
         if state is not None:
             self.check_state(state, x)

@@ -20,7 +20,7 @@ from torch import Tensor
 from ..ops import acc_dtype, vmisa_global, vmisa_scan
 from ..ops.chunk import global_chunk
 from ..ops.vmisa import BACKENDS
-from .checks import check_dtype, check_finite_output, check_finite_state, check_positions
+from .checks import check_dtype, check_finite_output, check_finite_state, check_position_dtype, check_positions
 from .dropout import Dropout
 from .state import VMISAState
 
@@ -284,6 +284,7 @@ class VMISALayer(nn.Module):
                 )
             if t.device != x.device:
                 raise ValueError(f"state.{name}: expected a tensor on {x.device} (the device of x), got {t.device}")
+        check_position_dtype(state.position)
 
     # ------------------------------------------------------------------ API
     def init_state(self, batch_size: int, device=None, dtype=None) -> VMISAState:
@@ -443,8 +444,9 @@ class VMISALayer(nn.Module):
             raise ValueError(f"x_t: expected a floating (B, C) tensor with C={self.dim}, got {tuple(x_t.shape)} {x_t.dtype}")
         check_dtype("x_t", x_t, self.f12.weight.dtype)
         self.check_state(state, x_t)
-        # one host sync for both ends: a negative position would wrap round the alpha table
-        lo, hi = check_positions(state.position)
+        # Positions are read only by the rank mask and the alpha table (a negative one would
+        # wrap round it): one host sync for both ends there, none otherwise (decode speed).
+        lo, hi = check_positions(state.position) if self.rank_mask or self.alpha_mode == "position" else (0, 0)
         # The recurrence of Eq. 9 for one token, written out: the same math as forward() on a
         # length-1 sequence (tested equal), without the sequence machinery (decode speed).
         window = torch.cat([state.conv.to(x_t.dtype), x_t.unsqueeze(-1)], dim=2)  # (B, C, K)
