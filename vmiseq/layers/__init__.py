@@ -2,6 +2,7 @@
 from .attention import CausalSelfAttention, KVCache
 from .block import MLP, DropPath, VMISABlock
 from .gla import GatedLinearAttention, GLAState
+from .mlla import MLLABlock
 from .state import VMISAState
 from .vmisa import VMISALayer, resize_alpha_table
 
@@ -10,4 +11,5 @@ __all__ = [
     "KVCache",
     "GatedLinearAttention",
     "GLAState",
+    "MLLABlock",
     "VMISALayer", "VMISABlock", "VMISAState", "DropPath", "MLP", "resize_alpha_table"]

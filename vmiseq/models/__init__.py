@@ -1,4 +1,5 @@
-"""Models built from VMI-SA blocks: VMINet (vision), the causal LM, the forecaster.
+"""Models built from VMI-SA blocks: VMINet (vision), the causal LM, the forecaster; and MLLA,
+the Mamba-like linear attention backbone VMINet is compared with.
 
 Names are resolved lazily so ``import vmiseq`` stays light and each model module only
 loads what it needs.
@@ -14,6 +15,8 @@ _EXPORTS = {
     "register_model": "registry",
     "VMINet": "vminet",
     "VMINetConfig": "vminet",
+    "MLLA": "mlla",
+    "MLLAConfig": "mlla",
     # language modelling
     "VMISAConfig": "lm",
     "VMISAForCausalLM": "lm",
