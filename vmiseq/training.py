@@ -182,12 +182,13 @@ class ArgumentProblem(ValueError):
 
 
 @contextlib.contextmanager
-def argument_errors(flag: Optional[str] = None) -> Iterator[None]:
+def argument_errors(flag: Optional[str] = None, aliases: Sequence[str] = ()) -> Iterator[None]:
     """Report what goes wrong inside as a bad argument (``ArgumentProblem``).
 
     Wrap the work that reads the arguments and the data (not the training: an error there is a
-    bug and keeps its traceback). ``flag`` (e.g. ``"--data"``) prefixes messages that do not
-    already name it, so the user sees which argument to fix.
+    bug and keeps its traceback). ``flag`` (e.g. ``"--data"``) names the argument at fault in
+    messages that do not already name a flag; a message that names it by a library parameter
+    (``"data: ..."``, or an ``aliases`` entry such as ``"path: ..."``) gets the flag instead.
     """
     try:
         yield
@@ -195,9 +196,12 @@ def argument_errors(flag: Optional[str] = None) -> Iterator[None]:
         raise
     except _user_error_types() as exc:
         msg = str(exc) or type(exc).__name__
-        if flag and not msg.startswith(flag):
-            bare = flag.lstrip("-") + ": "
-            msg = f"{flag}: {msg[len(bare):] if msg.startswith(bare) else msg}"
+        if flag and not msg.startswith("--"):  # a message that names a flag already is left alone
+            for name in (flag.lstrip("-"), *aliases):
+                if msg.startswith(name + ": "):
+                    msg = msg[len(name) + 2 :]
+                    break
+            msg = f"{flag}: {msg}"
         raise ArgumentProblem(msg) from exc
 
 
