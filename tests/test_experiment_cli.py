@@ -100,10 +100,10 @@ def test_history_logger_keeps_rows_before_each_resumed_step(tmp_path):
     assert list(pd.read_csv(tmp_path / "logs" / "metrics.csv")["step"]) == [0, 1]
 
 
-def test_timeseries_missing_data_is_one_line_and_exit_2(tmp_path, capsys):
+def test_timeseries_missing_data_is_one_line_and_exit_2(tmp_path, script_error):
     ts = _script("timeseries")
     with pytest.raises(SystemExit) as exc:
         run_script(lambda: ts.main(["--data", str(tmp_path / "missing.csv"), "--out-dir", str(tmp_path / "o")]))
     assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "error: --data: expected a CSV file" in err[0] and "missing.csv" in err[0], err
+    line = script_error()
+    assert "error: --data: expected a CSV file" in line and "missing.csv" in line, line

@@ -110,7 +110,7 @@ def test_missing_and_empty_folders_are_clear_errors(tmp_path):
     (["--eval-only", "--checkpoint", "{tmp}/none.ckpt", "--data", "{data}"], "--checkpoint: expected a checkpoint file"),
     (["--resume", "{tmp}/none.ckpt", "--data", "{data}"], "--resume: expected a checkpoint file"),
 ])
-def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, extra, message):
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, script_error, extra, message):
     """What the script's __main__ does (run_script): one line naming the argument, exit status 2."""
     from vmiseq.training import run_script
 
@@ -121,8 +121,7 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exc:
         run_script(lambda: exp.main(argv))
     assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and ": error: " in err[0] and message.format(tmp=tmp_path) in err[0], err
+    assert message.format(tmp=tmp_path) in script_error()
 
 
 def test_sampler_shards_cover_and_repeat_by_epoch():
@@ -229,11 +228,14 @@ def test_train_resume_is_exact_and_eval_only(tmp_path, one_thread):
 def test_fashion_mnist_default_smoke(tmp_path):
     if not Path(di.FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz").is_file():
         pytest.skip("dataset-fashion-mnist not installed")
+    # 32 steps: measured 0.33-0.48 top-1 and loss 1.61-1.75 over 7 seeds on 1 and 2 threads
+    # (chance: 0.10 and ln 10 = 2.30); the bounds leave room for any BLAS or thread count.
     res = _script().main([
-        "--epochs", "1", "--train-subset", "512", "--val-subset", "256", "--batch-size", "64",
-        "--out-dir", str(tmp_path / "fm"), "--no-progress",
+        "--epochs", "1", "--train-subset", "1024", "--val-subset", "256", "--batch-size", "32",
+        "--lr", "3e-3", "--warmup-epochs", "0.1", "--out-dir", str(tmp_path / "fm"), "--no-progress",
     ])
-    assert res["model"] == "vminet_mnist" and res["final"]["val/acc1"] > 0.2
+    assert res["model"] == "vminet_mnist"
+    assert res["final"]["val/acc1"] > 0.2 and res["final"]["val/loss"] < 2.0
 
 
 def test_ddp_two_processes_gloo(tmp_path):

@@ -119,18 +119,17 @@ def test_missing_data_is_one_line_and_exit_2(tmp_path):
     (["--block-size", "100000"], "block_size"),
     (["--mixer", "vmisa", "--dim", "0"], "dim"),
 ])
-def test_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, extra, message):
+def test_bad_arguments_are_one_line_and_exit_2(tmp_path, script_error, extra, message):
     from vmiseq.training import run_script
 
     lm = _script()
     with pytest.raises(SystemExit) as exc:
         run_script(lambda: lm.main(_args(tmp_path, "bad", *extra)))
     assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and ": error: " in err[0] and message in err[0], err
+    assert message in script_error()
 
 
-def test_resume_from_a_corrupt_checkpoint_fails_clearly(tmp_path, capsys):
+def test_resume_from_a_corrupt_checkpoint_fails_clearly(tmp_path, script_error):
     from vmiseq.training import run_script
 
     ckpt = tmp_path / "broken" / "checkpoints" / "last.ckpt"
@@ -140,8 +139,8 @@ def test_resume_from_a_corrupt_checkpoint_fails_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run_script(lambda: lm.main(_args(tmp_path, "broken", "--resume", "last")))
     assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--resume" in err[0] and str(ckpt) in err[0], err
+    line = script_error()
+    assert "error: --resume" in line and str(ckpt) in line, line
 
 
 def test_help_runs():
