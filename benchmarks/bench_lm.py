@@ -22,6 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, print_table, write_json  # noqa: E402
 
+from vmiseq.training import ArgumentProblem, run_script  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 TOKENS_PER_STEP = 12 * 64  # nanoGPT baby: batch 12, context 64
@@ -38,7 +40,7 @@ def main(argv=None) -> None:
                    help="extra experiments/lm.py flags for one mixer, e.g. 'vmisa=--lr 2e-3' (repeatable)")
     args = p.parse_args(argv)
     if not Path(args.data).is_file():
-        raise SystemExit(f"--data: {args.data!r} not found (tiny-shakespeare is read from ../shared/data; pass --data)")
+        raise ArgumentProblem(f"--data: expected a text file, got {args.data!r} (not found; tiny-shakespeare is read from ../shared/data)")
     extra = {}
     for item in args.extra:
         mixer, _, flags = item.partition("=")
@@ -75,4 +77,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

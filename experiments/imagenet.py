@@ -4,7 +4,7 @@ and a built-in offline default (Fashion-MNIST from Debian's dataset-fashion-mnis
 
 Examples::
 
-    python experiments/imagenet.py                                  # Fashion-MNIST, ~20 CPU minutes
+    python experiments/imagenet.py                                  # Fashion-MNIST, ~11 min on 2 CPU cores
     python experiments/imagenet.py --data /data/imagenet --model vminet_ti \\
         --devices 8 --strategy ddp --precision bf16-mixed          # the paper's recipe
     python experiments/imagenet.py --data imagefolder:/data/pets    # HF datasets imagefolder
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -31,11 +30,20 @@ import torch.nn.functional as F
 
 from vmiseq import data_images as di
 from vmiseq.models.registry import create_model, list_models
-from vmiseq.training import add_trainer_args, build_trainer, cosine_with_warmup, load_module_from_checkpoint, plot_metrics, resolve_resume
+from vmiseq.training import (
+    add_trainer_args,
+    argument_errors,
+    build_trainer,
+    cosine_with_warmup,
+    load_module_from_checkpoint,
+    plot_metrics,
+    resolve_resume,
+    run_script,
+)
 
 # The paper's recipe (DESIGN.md §2) for real photos, and a small-image preset for the
 # built-in Fashion-MNIST default (28 px native, light augmentation, no MixUp: on 10 easy
-# classes and a 20-minute CPU budget the heavy regularisers cost more accuracy than they buy).
+# classes and a ~10-minute CPU budget the heavy regularisers cost more accuracy than they buy).
 PRESETS: dict[str, dict[str, Any]] = {
     "imagenet": dict(
         model="vminet_ti", img_size=224, epochs=300, batch_size=128, lr_base=1e-3, lr_base_batch=768,
@@ -118,7 +126,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_datasets(args) -> tuple[Any, Any, list[str], int]:
     """(train set, val set, class names, input channels) for ``args.data``."""
     if args.data is None:
-        fm = di.load_fashion_mnist(args.fashion_mnist_dir)
+        with argument_errors("--fashion-mnist-dir"):
+            fm = di.load_fashion_mnist(args.fashion_mnist_dir)
         mean, std = di.FASHION_MNIST_MEAN, di.FASHION_MNIST_STD
         tr = di.small_train_transform(args.img_size, mean, std, random_erasing=args.random_erasing)
         ev = di.small_eval_transform(mean, std)
@@ -139,9 +148,11 @@ def build_datasets(args) -> tuple[Any, Any, list[str], int]:
             raise FileNotFoundError(f"--data: folder {spec!r} does not exist")
         val_dir = next((root / n for n in ("val", "validation", "test") if (root / n).is_dir()), None)
         if not (root / "train").is_dir() or val_dir is None:
+            found = sorted(p.name for p in root.iterdir())
+            shown = ", ".join(found[:8]) + (f" ... ({len(found)} entries)" if len(found) > 8 else "")
             raise ValueError(
                 f"--data: expected an ImageNet-style folder with {spec}/train/<class>/... and "
-                f"{spec}/val/<class>/..., found {sorted(p.name for p in root.iterdir())}"
+                f"{spec}/val/<class>/..., found: {shown or 'nothing'}"
             )
         train = di.ImageFolderSafe(root / "train", tr)
         val = di.ImageFolderSafe(val_dir, ev, classes=train.classes)
@@ -235,11 +246,6 @@ def _lightning():
         def forward(self, x):
             return self.model(x)
 
-        def on_train_batch_start(self, batch, batch_idx):
-            # Randomness of this step (MixUp/CutMix, DropPath) = f(seed, epoch, batch, rank).
-            rank = self.trainer.global_rank if self._trainer is not None else 0
-            torch.manual_seed((self.hparams.seed * 1_000_003 + self.current_epoch) * 1_000_033 + batch_idx * 1009 + rank)
-
         def training_step(self, batch, batch_idx):
             x, y = batch
             if self.mix is not None:
@@ -282,10 +288,12 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import lightning as L
 
+    from vmiseq.callbacks import SeedEachBatch
+
     L.seed_everything(args.seed, workers=True, verbose=False)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
-    train_ds, val_ds, classes, in_chans = build_datasets(args)
+    with argument_errors("--data"):
+        train_ds, val_ds, classes, in_chans = build_datasets(args)
     ImageClassifier = _lightning()
     out = Path(args.out_dir)
     trainer_kwargs: dict[str, Any] = dict(use_distributed_sampler=False)
@@ -299,13 +307,18 @@ def main(argv=None) -> dict:
     if epochs != int(epochs):  # fractional epochs: stop at a step count
         steps_per_epoch = len(train_ds) // (args.batch_size * max(1, args.accumulate_grad_batches))
         max_steps = max(1, int(epochs * steps_per_epoch))
-    callbacks = [StopAfterEpochs(args.stop_after_epochs)] if args.stop_after_epochs else []
-    trainer = build_trainer(args, monitor="val/acc1", mode="max", max_epochs=max_epochs, max_steps=max_steps,
-                            callbacks=callbacks, **trainer_kwargs)
+    # Randomness of each step (MixUp/CutMix, DropPath) = f(seed, epoch, batch, rank): resumable.
+    callbacks = [SeedEachBatch(args.seed)]
+    if args.stop_after_epochs:
+        callbacks.append(StopAfterEpochs(args.stop_after_epochs))
+    with argument_errors():
+        trainer = build_trainer(args, monitor="val/acc1", mode="max", max_epochs=max_epochs, max_steps=max_steps,
+                                callbacks=callbacks, **trainer_kwargs)
     val_loader = make_loader(val_ds, args, train=False)
 
     if args.eval_only:
-        module = load_for_eval(ImageClassifier, args.checkpoint, len(classes))
+        with argument_errors("--checkpoint"):
+            module = load_for_eval(ImageClassifier, args.checkpoint, len(classes))
         metrics = trainer.validate(module, val_loader)[0]
         if trainer.is_global_zero:
             print(json.dumps({"checkpoint": args.checkpoint, **metrics}, indent=2))
@@ -316,18 +329,17 @@ def main(argv=None) -> dict:
         model_kwargs["rank_mask"] = args.rank_mask
     if args.drop_path:
         model_kwargs["drop_path_rate"] = args.drop_path
-    # Lightning's CSVLogger deletes metrics.csv when a run resumes in the same folder: keep the
-    # earlier rows so the curves cover the whole run.
-    metrics_csv = out / "logs" / "metrics.csv"
-    earlier_metrics = metrics_csv.read_text() if args.resume and metrics_csv.is_file() else None
-    module = ImageClassifier(
-        args.model, model_kwargs, len(classes), args.lr, args.lr_base, args.lr_base_batch, args.weight_decay,
-        args.warmup_epochs, args.warmup_lr, args.min_lr, args.label_smoothing, args.mixup, args.cutmix,
-        args.cutmix_switch_prob, args.seed, args.batch_size,
-    )
+    metrics_csv = out / "logs" / "metrics.csv"  # continued, not restarted, by a resumed run (build_trainer)
+    with argument_errors():
+        module = ImageClassifier(
+            args.model, model_kwargs, len(classes), args.lr, args.lr_base, args.lr_base_batch, args.weight_decay,
+            args.warmup_epochs, args.warmup_lr, args.min_lr, args.label_smoothing, args.mixup, args.cutmix,
+            args.cutmix_switch_prob, args.seed, args.batch_size,
+        )
+        resume = resolve_resume(args.resume, args.out_dir)
     train_loader = make_loader(train_ds, args, train=True)
     t0 = time.time()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resolve_resume(args.resume, args.out_dir))
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
     train_time = time.time() - t0
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     result = {
@@ -337,8 +349,6 @@ def main(argv=None) -> dict:
     }
     if trainer.is_global_zero:
         module.model.save_pretrained(out / "model")
-        if earlier_metrics is not None and metrics_csv.is_file():
-            _merge_metrics(metrics_csv, earlier_metrics)
         if metrics_csv.is_file():
             plot_metrics(metrics_csv, out / "curves.png", {
                 "loss": ["train/loss", "val/loss"], "accuracy": ["val/acc1", "val/acc5"],
@@ -363,18 +373,6 @@ class StopAfterEpochs:
         return _Stop()
 
 
-def _merge_metrics(metrics_csv: Path, earlier: str) -> None:
-    """Prepend the rows logged before a resume (those at steps the resumed run did not redo)."""
-    import io
-
-    import pandas as pd
-
-    new = pd.read_csv(metrics_csv)
-    old = pd.read_csv(io.StringIO(earlier))
-    old = old[old["step"] < new["step"].min()] if len(new) else old
-    pd.concat([old, new], ignore_index=True).to_csv(metrics_csv, index=False)
-
-
 def load_for_eval(cls, path: str, num_classes: int):
     """A module from a Lightning checkpoint or a save_pretrained directory."""
     p = Path(path)
@@ -391,8 +389,4 @@ def load_for_eval(cls, path: str, num_classes: int):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

@@ -19,8 +19,8 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -32,7 +32,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only unless the
 from vmiseq.data_text import RandomWindows, SequentialWindows, bits_per_char, load_text, split_text, tokenize_cached
 from vmiseq.models.lm import MIXERS, VMISAConfig, VMISAForCausalLM
 from vmiseq.tokenizer import Tokenizer
-from vmiseq.training import add_trainer_args, build_trainer, cosine_with_warmup, load_checkpoint, plot_metrics, resolve_resume
+from vmiseq.training import (
+    add_trainer_args,
+    argument_errors,
+    build_trainer,
+    console_command,
+    cosine_with_warmup,
+    plot_metrics,
+    resolve_resume,
+    run_script,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,7 +83,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: %(default)s)")
     s.add_argument("--top-k", type=int, default=None, help="top-k sampling (default: off)")
     add_trainer_args(p, out_dir="runs/lm")
-    p.add_argument("--crash-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a killed run
     args = p.parse_args(argv)
     if args.lr is None:
         args.lr = 1e-3 if args.mixer == "attention" else 2e-3
@@ -113,9 +121,6 @@ def build_task(args: argparse.Namespace, config: VMISAConfig, val_chars_per_toke
             self._val = []
 
         def training_step(self, batch, batch_idx):
-            if args.crash_at_step is not None and self.global_step >= args.crash_at_step:
-                sys.stdout.flush()
-                os._exit(137)  # like SIGKILL: no cleanup, no final checkpoint
             x, y = batch
             loss = self.model(x, targets=y).loss
             self.log("train/loss", loss, prog_bar=True)
@@ -224,63 +229,54 @@ def stream_sample(model: VMISAForCausalLM, tok: Tokenizer, prompt: str, n: int, 
     return prompt + "".join(out)
 
 
-def _merge_metrics(earlier: str, metrics: Path, start_step: int) -> None:
-    """Keep the rows logged before the resumed step, then the resumed run's rows."""
-    import io
-
-    import pandas as pd
-
-    old = pd.read_csv(io.StringIO(earlier))
-    new = pd.read_csv(metrics)
-    merged = pd.concat([old[old["step"] < start_step], new], ignore_index=True)
-    merged.to_csv(metrics, index=False)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import lightning as L
     from torch.utils.data import DataLoader
 
-    L.seed_everything(args.seed, workers=True)
+    from vmiseq.callbacks import ResumePosition, SeedEachBatch
+
+    L.seed_everything(args.seed, workers=True, verbose=False)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    resume = resolve_resume(args.resume, args.out_dir)
-    start_step = int(load_checkpoint(resume, what="--resume").get("global_step", 0)) if resume else 0
-
-    tok, train_ids, val_ids, n_val_chars = prepare_data(args)
+    with argument_errors():
+        resume = resolve_resume(args.resume, args.out_dir)
+    with argument_errors("--data"):
+        tok, train_ids, val_ids, n_val_chars = prepare_data(args)
     chars_per_token = n_val_chars / max(1, len(val_ids))
-    config = make_model_config(args, tok.vocab_size)
-    task = build_task(args, config, chars_per_token)
+    with argument_errors():
+        config = make_model_config(args, tok.vocab_size)
+        task = build_task(args, config, chars_per_token)
     print(f"model: {args.mixer}, {task.model.num_parameters() / 1e6:.3f}M parameters; "
           f"tokens: {len(train_ids):,} train / {len(val_ids):,} val ({args.tokenizer}, vocab {tok.vocab_size})")
 
     timer = StepTimer()
-    trainer = build_trainer(
-        args,
-        callbacks=[timer],
-        max_steps=args.max_steps,
-        val_check_interval=args.eval_interval,
-        check_val_every_n_epoch=None,
-        gradient_clip_val=args.grad_clip or None,
-        num_sanity_val_steps=0,
-    )
-    train_ds = RandomWindows(train_ids, args.block_size, args.batch_size, seed=args.seed, start=start_step,
-                             rank=trainer.global_rank, world=trainer.world_size)
-    val_windows = args.eval_batches * args.batch_size if args.eval_batches > 0 else None
-    val_ds = SequentialWindows(val_ids, args.block_size, val_windows)
+    with argument_errors():
+        trainer = build_trainer(
+            args,
+            callbacks=[timer, SeedEachBatch(args.seed)],  # dropout draws: a function of the step, resumable
+            max_steps=args.max_steps,
+            val_check_interval=args.eval_interval,
+            check_val_every_n_epoch=None,
+            gradient_clip_val=args.grad_clip or None,
+            num_sanity_val_steps=0,
+        )
+        train_ds = RandomWindows(train_ids, args.block_size, args.batch_size, seed=args.seed,
+                                 rank=trainer.global_rank, world=trainer.world_size)
+        val_windows = args.eval_batches * args.batch_size if args.eval_batches > 0 else None
+        val_ds = SequentialWindows(val_ids, args.block_size, val_windows)
+    position = ResumePosition.of(trainer)
+    position.datasets.append(train_ds)  # a resumed run continues with the batch after the checkpoint
     train_dl = DataLoader(train_ds, batch_size=None, num_workers=args.num_workers)
     val_dl = DataLoader(val_ds, batch_size=args.batch_size, num_workers=args.num_workers)
 
     metrics = out / "logs" / "metrics.csv"
-    earlier = metrics.read_text() if (resume and metrics.is_file()) else None  # the logger restarts the file
     t0, c0 = time.perf_counter(), time.process_time()
     trainer.fit(task, train_dl, val_dl, ckpt_path=resume)
     train_seconds = time.perf_counter() - t0
     train_cpu_seconds = time.process_time() - c0  # less sensitive to other jobs on the machine
     if not trainer.is_global_zero:
         return {}
-    if earlier is not None and metrics.is_file():
-        _merge_metrics(earlier, metrics, start_step)
 
     model = task.model.cpu().eval()
     model.tokenizer = tok
@@ -299,7 +295,7 @@ def main(argv=None) -> dict:
         "train_cpu_seconds": train_cpu_seconds,
         "step_ms_median": timer.median_ms(),
         "eval_seconds": time.perf_counter() - t1,
-        "resumed_from_step": start_step,
+        "resumed_from_step": position.step,
     }
     model.save_pretrained(out / "model")
     if metrics.is_file():
@@ -308,9 +304,10 @@ def main(argv=None) -> dict:
         results["sample"] = stream_sample(model, tok, args.prompt, args.sample_tokens, args.temperature, args.top_k, args.seed)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if k != "sample"}, indent=2))
-    print(f"saved: {out / 'model'} (try: vmiseq generate --model {out / 'model'} --prompt 'And' --max-new-tokens 200)")
+    vmiseq = console_command("vmiseq", "vmiseq.cli")
+    print(f"saved: {out / 'model'} (try: {vmiseq} generate --model {shlex.quote(str(out / 'model'))} --prompt 'And' --max-new-tokens 200)")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -41,7 +41,7 @@ from vmiseq.data_timeseries import (  # noqa: E402
     load_hf_dataset,
     prepare_forecast_data,
 )
-from vmiseq.training import add_trainer_args, build_trainer, plot_metrics  # noqa: E402
+from vmiseq.training import add_trainer_args, argument_errors, build_trainer, plot_metrics, run_script  # noqa: E402
 
 HORIZONS = (96, 192, 336, 720)
 MODELS = ("vmisa", "dlinear", "transformer", "gla")
@@ -358,13 +358,12 @@ def format_table(rows: list[dict], model: str, dataset: str) -> str:
 def main(argv: Optional[list[str]] = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1") if args.hf_dataset is None else None
-    try:
+    with argument_errors():  # one line and exit status 2 from run_script
         horizons = parse_horizons(args.horizon)
-        table, split = load_table(args)
+        with argument_errors("--data" if args.data else None, aliases=("path",)):
+            table, split = load_table(args)
         for h in horizons:  # fail before any training if a horizon does not fit the data
             prepare_forecast_data(table, args.seq_len, h, split)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from exc
     cycle_len = rows_per_day(table) if args.cycle_len == "auto" else int(args.cycle_len)
     if args.model == "dlinear":
         cycle_len = 0
@@ -385,4 +384,4 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -28,3 +28,22 @@ def small_chunks(monkeypatch):
 
     monkeypatch.setattr(chunk, "SLICE_ELEMENTS", 16)
     yield
+
+
+@pytest.fixture
+def script_error(capsys, monkeypatch):
+    """For an experiment's in-process ``run_script``: the one error line it printed to stderr
+    (asserting there is exactly one, last, and no traceback). Lightning's info lines are off:
+    its log handler is bound to the stderr of whichever test imported it first."""
+    import logging
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        monkeypatch.setattr(logging.getLogger(name), "disabled", True)
+
+    def error_line() -> str:
+        lines = capsys.readouterr().err.strip().splitlines()
+        errors = [line for line in lines if ": error: " in line]
+        assert len(errors) == 1 and lines[-1] == errors[0] and not any("Traceback" in line for line in lines), "\n".join(lines)
+        return errors[0]
+
+    return error_line

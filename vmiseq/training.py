@@ -5,10 +5,16 @@ Imported only by ``experiments/*.py`` (it needs the ``train`` extra: lightning, 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
 import os
+import shlex
+import shutil
+import sys
+import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -28,6 +34,7 @@ def add_trainer_args(parser: argparse.ArgumentParser, out_dir: str) -> argparse.
     g.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (default: %(default)s)")
     g.add_argument("--log-every", type=int, default=20, help="log training metrics every N steps (default: %(default)s)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g.add_argument("--kill-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: SIGKILL before step N
     return parser
 
 
@@ -148,10 +155,15 @@ def build_trainer(
     callbacks: Sequence = (),
     **kwargs,
 ):
-    """A Lightning Trainer with last + best checkpoints, CSV logs and a progress bar."""
+    """A Lightning Trainer with last + best checkpoints, CSV logs and a progress bar.
+
+    A run resumed with ``--resume`` continues ``OUT_DIR/logs/metrics.csv`` from the resumed step
+    (``vmiseq.callbacks.HistoryCSVLogger``); ``ResumePosition.of(trainer)`` says where it started.
+    """
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-    from lightning.pytorch.loggers import CSVLogger
+
+    from vmiseq.callbacks import HistoryCSVLogger, KillAtStep, ResumePosition
 
     out = Path(args.out_dir)
     ckpt = ModelCheckpoint(
@@ -164,7 +176,12 @@ def build_trainer(
     # A separate callback keeps last.ckpt current: Lightning >= 2.5's save_last only writes
     # when the monitored metric improved, which would leave a stale "last" to resume from.
     last = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
-    cbs = [ckpt, last, LearningRateMonitor(logging_interval="step"), *callbacks]
+    cbs = [ckpt, last, LearningRateMonitor(logging_interval="step"), ResumePosition(), *callbacks]
+    if getattr(args, "kill_at_step", None) is not None:
+        cbs.append(KillAtStep(args.kill_at_step))
+    resuming = getattr(args, "resume", None) is not None
+    if resuming:  # the folder holds the run being resumed: expected, not worth a warning
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     if not args.no_progress:
         cbs.append(TQDMProgressBar(refresh_rate=10))
     return L.Trainer(
@@ -179,7 +196,7 @@ def build_trainer(
         max_steps=max_steps,
         val_check_interval=val_check_interval,
         check_val_every_n_epoch=check_val_every_n_epoch,
-        logger=CSVLogger(str(out), name="logs", version=""),
+        logger=HistoryCSVLogger(str(out), name="logs", version="", resuming=resuming),
         callbacks=cbs,
         log_every_n_steps=args.log_every,
         enable_progress_bar=not args.no_progress,
@@ -238,3 +255,94 @@ def plot_metrics(metrics_csv: os.PathLike, png_path: os.PathLike, groups: Option
     fig.savefig(png_path, dpi=120)
     plt.close(fig)
     return png_path
+
+
+# ---------------------------------------------------------------------------- running a script
+class ArgumentProblem(ValueError):
+    """A bad argument or missing data: ``run_script`` reports it as one line and exits with 2."""
+
+
+@contextlib.contextmanager
+def argument_errors(flag: Optional[str] = None, aliases: Sequence[str] = ()) -> Iterator[None]:
+    """Report what goes wrong inside as a bad argument (``ArgumentProblem``).
+
+    Wrap the work that reads the arguments and the data (not the training: an error there is a
+    bug and keeps its traceback). ``flag`` (e.g. ``"--data"``) names the argument at fault in
+    messages that do not already name a flag; a message that names it by a library parameter
+    (``"data: ..."``, or an ``aliases`` entry such as ``"path: ..."``) gets the flag instead.
+    """
+    try:
+        yield
+    except ArgumentProblem:
+        raise
+    except _user_error_types() as exc:
+        msg = str(exc) or type(exc).__name__
+        if flag and not msg.startswith("--"):  # a message that names a flag already is left alone
+            for name in (flag.lstrip("-"), *aliases):
+                if msg.startswith(name + ": "):
+                    msg = msg[len(name) + 2 :]
+                    break
+            msg = f"{flag}: {msg}"
+        raise ArgumentProblem(msg) from exc
+
+
+def _user_error_types() -> tuple[type, ...]:
+    types: tuple[type, ...] = (ValueError, TypeError, OSError, ImportError)
+    try:  # Lightning's error for impossible --accelerator/--devices/--strategy combinations
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+    except ImportError:
+        return types
+    return types + (MisconfigurationException,)
+
+
+def run_script(main: Callable[[], Any]) -> None:
+    """The ``__main__`` entry of every experiment script.
+
+    Hides Lightning's noise (``quiet_lightning``) and reports an ``ArgumentProblem`` the way
+    argparse reports a bad flag: one line ``<script>: error: <message>`` on stderr, exit
+    status 2. Any other exception keeps its traceback.
+    """
+    quiet_lightning()
+    try:
+        main()
+    except ArgumentProblem as exc:
+        one_line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        print(f"{Path(sys.argv[0]).name}: error: {one_line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# Lightning's adverts and lines about hardware this project never uses; progress, metrics,
+# results and real warnings still show.
+_NOISE_PREFIXES = ("💡 Tip:", "Seed set to", "TPU available", "HPU available")
+_NOISE_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # torch deprecation inside Lightning itself
+    r".*does not have many workers",  # advice for GPU input pipelines; CPU runs use the main process
+)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(_NOISE_PREFIXES)
+
+
+def quiet_lightning() -> None:
+    """Keep a run's output to what the user needs (idempotent)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning.fabric.utilities.seed"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in lg.filters):
+            lg.addFilter(_DropNoise())
+    for message in _NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+def console_command(script: str, module: str) -> str:
+    """How to run this environment's console script ``script`` (entry module ``module``) from a
+    shell: its name when it is on PATH, else its path next to the running python (a venv
+    not activated), else ``python -m module``."""
+    beside = Path(sys.executable).parent / script
+    found = shutil.which(script)
+    if beside.is_file() and found and Path(found).resolve() == beside.resolve():
+        return script
+    if beside.is_file():
+        return shlex.quote(str(beside))
+    return f"{shlex.quote(sys.executable)} -m {module}"
