@@ -1,0 +1,221 @@
+#!/usr/bin/env python
+"""Long streams: next-token loss against position, far past the training context.
+
+``--part lm``: trains (or re-uses) language models with ``experiments/lm.py`` at nanoGPT's
+CPU "baby" budget (width 128, 4 blocks, batch 12 x context 64, 2,000 steps) and measures the
+mean next-token loss in log-spaced position bins over long held-out streams, the state
+carried in chunks of 512 tokens:
+
+- ``vmisa-streams``: the default VMI-SA LM (contiguous training streams, carried states)
+- ``vmisa-windows``: the same model trained on independent windows (``--stream-length 0``)
+- ``gla-streams`` / ``gla-windows``: the GLA baseline, both ways
+- ``attention``: the Transformer baseline (learned positions end at the context): inside
+  its context, then a sliding window (windows of 64 advancing by 32, each prediction sees
+  at least 32 tokens)
+
+on tiny-shakespeare (streams of 16,384 tokens = 256x the context) and on the KJV default
+corpus (streams of 262,144 tokens = 4,096x). Streams start at evenly spaced places of the
+held-out text, read cyclically; 64 more streams of 1,024 tokens sharpen the short bins.
+
+``--part forecast`` runs ``benchmarks/bench_length_forecast.py`` (a forecaster's error
+against history length); ``--part all`` runs both.
+
+    python benchmarks/bench_length.py                    # everything (trains 10 models: long)
+    python benchmarks/bench_length.py --corpora ts --models vmisa-streams,vmisa-windows
+    python benchmarks/bench_length.py --quick            # a smoke run: 60 steps, short streams
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, print_table, write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+MODELS = {  # name -> experiments/lm.py flags
+    "vmisa-streams": ["--mixer", "vmisa"],
+    "vmisa-windows": ["--mixer", "vmisa", "--stream-length", "0"],
+    "gla-streams": ["--mixer", "gla"],
+    "gla-windows": ["--mixer", "gla", "--stream-length", "0"],
+    "attention": ["--mixer", "attention"],
+}
+CORPORA = {  # name -> (--data, stream length, long streams)
+    "ts": (str(SHAKESPEARE), 16_384, 8),
+    "kjv": ("kjv", 262_144, 3),
+}
+TARGET_BINS = {"ts": (1_024, 16_384), "kjv": (16_384, 262_144)}  # must not be worse than [32, 64)
+SHORT_STREAMS, SHORT_LENGTH, CHUNK = 64, 1_024, 512
+
+
+def train(name: str, corpus: str, out: Path, args) -> dict:
+    """Train one model with experiments/lm.py (or re-use a finished run in ``out``)."""
+    done = out / "results.json"
+    if done.is_file() and (out / "model").is_dir() and not args.retrain:
+        print(f"re-using {out}")
+        return json.loads(done.read_text())
+    cmd = [sys.executable, str(ROOT / "experiments" / "lm.py"), "--data", CORPORA[corpus][0], *MODELS[name],
+           "--max-steps", str(args.steps), "--out-dir", str(out), "--sample-tokens", "0", "--no-progress"]
+    if args.quick:
+        cmd += ["--eval-interval", "30", "--eval-batches", "2", "--final-eval-windows", "50", "--warmup-steps", "10"]
+    print("training:", " ".join(cmd[1:]), flush=True)
+    proc = subprocess.run(cmd, env=dict(os.environ, HF_DATASETS_OFFLINE="1"), capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:])
+        raise SystemExit(f"training failed: {' '.join(cmd)}")
+    return json.loads(done.read_text())
+
+
+def held_out_ids(corpus: str, model, cache: Path) -> np.ndarray:
+    """Token ids of the held-out split, as experiments/lm.py makes it (last 10 %)."""
+    from vmiseq.data_text import load_text, split_text, tokenize_cached
+
+    _, val_text = split_text(load_text(CORPORA[corpus][0]), 0.1)
+    return tokenize_cached(val_text, model.tokenizer, cache)
+
+
+def per_position(model, ids: np.ndarray, length: int, n_long: int, window) -> tuple[np.ndarray, np.ndarray]:
+    """Summed loss and count at every position of ``n_long`` streams of ``length`` tokens and
+    ``SHORT_STREAMS`` streams of ``SHORT_LENGTH``, starts evenly spaced over the text."""
+    from vmiseq.streams import sliding_window_losses, stream_losses
+
+    total, count = np.zeros(length), np.zeros(length)
+    for n, size in ((n_long, length), (SHORT_STREAMS, min(SHORT_LENGTH, length))):
+        starts = [int(i * len(ids) / n) for i in range(n)]
+        for s in starts:  # one stream at a time: bounded memory for the longest streams
+            if window is None:
+                loss = stream_losses(model, ids, [s], size, chunk=CHUNK)
+            else:
+                loss = sliding_window_losses(model, ids, [s], size, window)
+            total[:size] += loss[0].numpy()
+            count[:size] += 1
+    return total, count
+
+
+def bin_means(total: np.ndarray, count: np.ndarray, bins) -> list[float]:
+    return [float(total[a:b].sum() / count[a:b].sum()) for a, b in bins]
+
+
+def run_lm(args) -> None:
+    from vmiseq.models.lm import VMISAForCausalLM
+    from vmiseq.streams import log_bins
+
+    torch.set_num_threads(args.threads)
+    runs = Path(args.runs_dir)
+    rows, curves = [], {}
+    for corpus in args.corpora.split(","):
+        data, length, n_long = CORPORA[corpus]
+        if corpus == "ts" and not Path(data).is_file():
+            print(f"skipping tiny-shakespeare: {data} not found")
+            continue
+        if args.quick:
+            length, n_long = min(length, 4_096), 2
+        lo, hi = TARGET_BINS[corpus]
+        hi = min(hi, length)
+        bins = log_bins(32, length)
+        for name in args.models.split(","):
+            res = train(name, corpus, runs / f"{corpus}-{name}", args)
+            model = VMISAForCausalLM.from_pretrained(runs / f"{corpus}-{name}" / "model").eval()
+            ids = held_out_ids(corpus, model, runs / ".cache")
+            window = res["block_size"] if name == "attention" else None
+            t0 = time.perf_counter()
+            total, count = per_position(model, ids, length, n_long, window)
+            means = bin_means(total, count, bins)
+            early, late = bin_means(total, count, [(32, 64), (lo, hi)])
+            row = {"corpus": corpus, "model": name, "stream_length": res.get("stream_length", 0),
+                   "val_loss": res["val_loss"], "early_32_64": early, f"late": late, "late_bin": f"[{lo}, {hi})",
+                   "target_met": late <= early, "eval_s": time.perf_counter() - t0, "train_s": res["train_seconds"]}
+            row.update({f"[{a},{b})": m for (a, b), m in zip(bins, means)})
+            rows.append(row)
+            curves[f"{corpus}/{name}"] = {"bins": bins, "loss": means}
+            print(f"{corpus} {name}: val {res['val_loss']:.4f}, [32,64) {early:.3f}, [{lo},{hi}) {late:.3f}", flush=True)
+        cols = ["model", "stream_length", "val_loss"] + [f"[{a},{b})" for a, b in bins] + ["target_met"]
+        print_table([r for r in rows if r["corpus"] == corpus], cols,
+                    title=f"{corpus}: mean next-token loss by position (state carried in chunks of {CHUNK})")
+    out = Path(args.out)
+    write_json(out.with_suffix(".json"), rows, args, curves=curves)
+    plot(curves, out.with_suffix(".png"))
+
+
+def plot(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    corpora = sorted({k.split("/")[0] for k in curves}, reverse=True)
+    if not corpora:
+        return
+    fig, axes = plt.subplots(1, len(corpora), figsize=(6.5 * len(corpora), 4.2), squeeze=False)
+    titles = {"ts": "tiny-shakespeare (held-out 10 %)", "kjv": "KJV Bible (held-out 10 %)"}
+    for ax, corpus in zip(axes[0], corpora):
+        for key, c in curves.items():
+            if key.split("/")[0] != corpus:
+                continue
+            name = key.split("/")[1]
+            centers = [np.sqrt(max(a, 1) * b) for a, b in c["bins"]]
+            ax.plot(centers, c["loss"], marker="o", label=name, linestyle="--" if "windows" in name else "-")
+        ax.axvline(64, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("position in the stream (tokens; training context 64 dotted)")
+        ax.set_ylabel("mean next-token loss (nats)")
+        ax.set_title(titles.get(corpus, corpus))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def run_forecast(argv) -> None:
+    path = Path(__file__).resolve().parent / "bench_length_forecast.py"
+    if not path.is_file():
+        print(f"skipping the forecast part: {path.name} is not in this tree")
+        return
+    spec = importlib.util.spec_from_file_location("bench_length_forecast", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(argv)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=("lm", "forecast", "all"), default="lm", help="which half to run (default: %(default)s)")
+    p.add_argument("--corpora", default="ts,kjv", help=f"comma-separated, of {tuple(CORPORA)} (default: %(default)s)")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated, of the names above (default: all)")
+    p.add_argument("--steps", type=int, default=2000, help="training steps of every model (default: %(default)s)")
+    p.add_argument("--runs-dir", default=str(RESULTS_DIR / "length" / "runs"), help="trained models (default: %(default)s)")
+    p.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the measurement (default: %(default)s)")
+    p.add_argument("--out", default=str(RESULTS_DIR / "bench_length"), help="JSON and PNG path stem (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 60 steps, streams of 4,096 tokens")
+    args, rest = p.parse_known_args(argv)
+    bad = [m for m in args.models.split(",") if m not in MODELS] + [c for c in args.corpora.split(",") if c not in CORPORA]
+    if bad:
+        p.error(f"--models/--corpora: unknown names {bad}; expected models {list(MODELS)} and corpora {list(CORPORA)}")
+    if args.quick:
+        args.steps = min(args.steps, 60)
+        args.runs_dir = str(Path(args.runs_dir).parent / "quick-runs")
+        args.out = str(Path(args.out).parent / "bench_length_quick")
+    if args.part in ("lm", "all"):
+        if rest:
+            p.error(f"unrecognized arguments: {rest}")
+        run_lm(args)
+    if args.part in ("forecast", "all"):
+        run_forecast(rest if args.part == "forecast" else [])
+
+
+if __name__ == "__main__":
+    main()
