@@ -7,7 +7,9 @@ mean next-token loss in log-spaced position bins over long held-out streams, the
 carried in chunks of 512 tokens:
 
 - ``vmisa-streams``: the default VMI-SA LM (contiguous training streams, carried states)
-- ``vmisa-windows``: the same model trained on independent windows (``--stream-length 0``)
+- ``vmisa-windows``: the earlier default: decay "scalar", independent windows from the zero
+  state (``--decay scalar --stream-length 0``); ``vmisa-input-windows`` (not in the default
+  list) isolates the training: the new decay trained on windows
 - ``gla-streams`` / ``gla-windows``: the GLA baseline, both ways
 - ``attention``: the Transformer baseline (learned positions end at the context): inside
   its context, then a sliding window (windows of 64 advancing by 32, each prediction sees
@@ -44,18 +46,20 @@ from common import RESULTS_DIR, print_table, write_json  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 MODELS = {  # name -> experiments/lm.py flags
-    "vmisa-streams": ["--mixer", "vmisa"],
-    "vmisa-windows": ["--mixer", "vmisa", "--stream-length", "0"],
+    "vmisa-streams": ["--mixer", "vmisa"],  # the default: decay "input", contiguous streams
+    "vmisa-windows": ["--mixer", "vmisa", "--decay", "scalar", "--stream-length", "0"],  # the earlier default
     "gla-streams": ["--mixer", "gla"],
     "gla-windows": ["--mixer", "gla", "--stream-length", "0"],
     "attention": ["--mixer", "attention"],
+    "vmisa-input-windows": ["--mixer", "vmisa", "--stream-length", "0"],  # ablation: new decay, old training
 }
+DEFAULT_MODELS = "vmisa-streams,vmisa-windows,gla-streams,gla-windows,attention"
 CORPORA = {  # name -> (--data, stream length, long streams)
     "ts": (str(SHAKESPEARE), 16_384, 8),
     "kjv": ("kjv", 262_144, 3),
 }
 TARGET_BINS = {"ts": (1_024, 16_384), "kjv": (16_384, 262_144)}  # must not be worse than [32, 64)
-SHORT_STREAMS, SHORT_LENGTH, CHUNK = 64, 1_024, 512
+SHORT_LENGTH, CHUNK = 1_024, 512
 
 
 def train(name: str, corpus: str, out: Path, args) -> dict:
@@ -84,22 +88,44 @@ def held_out_ids(corpus: str, model, cache: Path) -> np.ndarray:
     return tokenize_cached(val_text, model.tokenizer, cache)
 
 
-def per_position(model, ids: np.ndarray, length: int, n_long: int, window) -> tuple[np.ndarray, np.ndarray]:
+def per_position(model, ids: np.ndarray, length: int, n_long: int, n_short: int, window) -> tuple[np.ndarray, np.ndarray]:
     """Summed loss and count at every position of ``n_long`` streams of ``length`` tokens and
-    ``SHORT_STREAMS`` streams of ``SHORT_LENGTH``, starts evenly spaced over the text."""
+    ``n_short`` streams of ``SHORT_LENGTH``, starts evenly spaced over the held-out text."""
     from vmiseq.streams import sliding_window_losses, stream_losses
 
     total, count = np.zeros(length), np.zeros(length)
-    for n, size in ((n_long, length), (SHORT_STREAMS, min(SHORT_LENGTH, length))):
+    for n, size in ((n_long, length), (n_short, min(SHORT_LENGTH, length))):
         starts = [int(i * len(ids) / n) for i in range(n)]
-        for s in starts:  # one stream at a time: bounded memory for the longest streams
+        group = max(1, (1 << 20) // size)  # streams run side by side, ~1M tokens at a time
+        for i in range(0, n, group):
             if window is None:
-                loss = stream_losses(model, ids, [s], size, chunk=CHUNK)
+                loss = stream_losses(model, ids, starts[i : i + group], size, chunk=CHUNK)
             else:
-                loss = sliding_window_losses(model, ids, [s], size, window)
-            total[:size] += loss[0].numpy()
-            count[:size] += 1
+                loss = sliding_window_losses(model, ids, starts[i : i + group], size, window)
+            total[:size] += loss.sum(0).numpy()
+            count[:size] += loss.shape[0]
     return total, count
+
+
+def load_run(run: Path, corpus: str):
+    """The trained model of a run: its saved ``model/`` when finished, else the model of its
+    last checkpoint (a run still training). Returns (model, steps trained)."""
+    from vmiseq.models.lm import VMISAConfig, VMISAForCausalLM
+
+    if (run / "model").is_dir():
+        model = VMISAForCausalLM.from_pretrained(run / "model")
+        return model.eval(), json.loads((run / "results.json").read_text())["steps"]
+    from vmiseq.data_text import load_text
+    from vmiseq.tokenizer import Tokenizer
+
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    hp = ckpt["hyper_parameters"]
+    if hp["args"].get("tokenizer", "char") != "char":
+        raise SystemExit(f"{run}: only finished runs (model/) of BPE models can be measured")
+    model = VMISAForCausalLM(VMISAConfig.from_dict(hp["config"]))
+    model.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
+    model.tokenizer = Tokenizer.train_char(load_text(CORPORA[corpus][0]))  # as experiments/lm.py builds it
+    return model.eval(), int(ckpt["global_step"])
 
 
 def bin_means(total: np.ndarray, count: np.ndarray, bins) -> list[float]:
@@ -124,27 +150,61 @@ def run_lm(args) -> None:
         hi = min(hi, length)
         bins = log_bins(32, length)
         for name in args.models.split(","):
-            res = train(name, corpus, runs / f"{corpus}-{name}", args)
-            model = VMISAForCausalLM.from_pretrained(runs / f"{corpus}-{name}" / "model").eval()
+            run = runs / f"{corpus}-{name}"
+            res = {} if args.no_train else train(name, corpus, run, args)
+            model, steps = load_run(run, corpus)
             ids = held_out_ids(corpus, model, runs / ".cache")
-            window = res["block_size"] if name == "attention" else None
+            window = 64 if name == "attention" else None
             t0 = time.perf_counter()
-            total, count = per_position(model, ids, length, n_long, window)
+            total, count = per_position(model, ids, length, args.long_streams or n_long, args.short_streams, window)
             means = bin_means(total, count, bins)
             early, late = bin_means(total, count, [(32, 64), (lo, hi)])
-            row = {"corpus": corpus, "model": name, "stream_length": res.get("stream_length", 0),
-                   "val_loss": res["val_loss"], "early_32_64": early, f"late": late, "late_bin": f"[{lo}, {hi})",
-                   "target_met": late <= early, "eval_s": time.perf_counter() - t0, "train_s": res["train_seconds"]}
+            row = {"corpus": corpus, "model": name, "steps": steps, "stream_length": res.get("stream_length", 0),
+                   "val_loss": res.get("val_loss"), "early_32_64": early, "late": late, "late_bin": f"[{lo}, {hi})",
+                   "target_met": late <= early, "eval_s": time.perf_counter() - t0, "train_s": res.get("train_seconds")}
             row.update({f"[{a},{b})": m for (a, b), m in zip(bins, means)})
             rows.append(row)
             curves[f"{corpus}/{name}"] = {"bins": bins, "loss": means}
-            print(f"{corpus} {name}: val {res['val_loss']:.4f}, [32,64) {early:.3f}, [{lo},{hi}) {late:.3f}", flush=True)
-        cols = ["model", "stream_length", "val_loss"] + [f"[{a},{b})" for a, b in bins] + ["target_met"]
+            print(f"{corpus} {name} ({steps} steps): [32,64) {early:.3f}, [{lo},{hi}) {late:.3f}", flush=True)
+        cols = ["model", "steps", "stream_length", "val_loss"] + [f"[{a},{b})" for a, b in bins] + ["target_met"]
         print_table([r for r in rows if r["corpus"] == corpus], cols,
                     title=f"{corpus}: mean next-token loss by position (state carried in chunks of {CHUNK})")
+    layer = [] if args.no_layer else layer_response(tokens=4_096 if args.quick else 1_000_000)
     out = Path(args.out)
-    write_json(out.with_suffix(".json"), rows, args, curves=curves)
+    write_json(out.with_suffix(".json"), rows, args, curves=curves, layer=layer)
     plot(curves, out.with_suffix(".png"))
+
+
+@torch.no_grad()
+def layer_response(tokens: int = 1_000_000, chunk: int = 8_192, seed: int = 0) -> list[dict]:
+    """Does a causal ``VMISALayer(dim=64)`` still respond to its input deep into a stream?
+
+    Streams random float32 inputs and, at checkpoints, measures how much the next output
+    changes when the next input is replaced by another random input, relative to the same
+    replacement at position 100; also the RMS of the state.
+    """
+    from vmiseq.layers import VMISALayer
+
+    marks = [100] + [m for m in (1_000, 10_000, 100_000, 400_000, 1_000_000) if m <= tokens]
+    rows = []
+    for name, kwargs in (("default (decay 'input')", {}), ("decay 'scalar'", {"decay": "scalar"}),
+                         ("decay None (paper)", {"decay": None})):
+        torch.manual_seed(seed)
+        layer = VMISALayer(dim=64, causal=True, **kwargs).eval()
+        gen = torch.Generator().manual_seed(seed + 1)
+        x_a, x_b = torch.randn(1, 1, 64, generator=gen), torch.randn(1, 1, 64, generator=gen)
+        state, pos, base = None, 0, None
+        for mark in marks:
+            while pos < mark:
+                n = min(chunk, mark - pos)
+                _, state = layer(torch.randn(1, n, 64, generator=gen), state, output_state=True)
+                pos += n
+            change = (layer(x_a, state) - layer(x_b, state)).norm().item()
+            base = change if base is None else base
+            rows.append({"layer": name, "position": mark, "response": change, "ratio_to_pos100": change / base,
+                         "state_rms": state.h.pow(2).mean().sqrt().item()})
+    print_table(rows, title="Causal VMISALayer(dim=64): output change when the next input is replaced (float32)")
+    return rows
 
 
 def plot(curves: dict, path: Path) -> None:
@@ -194,10 +254,14 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=("lm", "forecast", "all"), default="lm", help="which half to run (default: %(default)s)")
     p.add_argument("--corpora", default="ts,kjv", help=f"comma-separated, of {tuple(CORPORA)} (default: %(default)s)")
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated, of the names above (default: all)")
+    p.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated, of {tuple(MODELS)} (default: %(default)s)")
     p.add_argument("--steps", type=int, default=2000, help="training steps of every model (default: %(default)s)")
     p.add_argument("--runs-dir", default=str(RESULTS_DIR / "length" / "runs"), help="trained models (default: %(default)s)")
     p.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
+    p.add_argument("--no-train", action="store_true", help="only measure: finished runs, or the last checkpoint of runs in progress")
+    p.add_argument("--long-streams", type=int, default=0, help="long streams per corpus (default: 8 tiny-shakespeare, 3 KJV)")
+    p.add_argument("--short-streams", type=int, default=64, help=f"extra streams of {SHORT_LENGTH} tokens (default: %(default)s)")
+    p.add_argument("--no-layer", action="store_true", help="skip the VMISALayer response check (10^6 tokens)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the measurement (default: %(default)s)")
     p.add_argument("--out", default=str(RESULTS_DIR / "bench_length"), help="JSON and PNG path stem (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="smoke run: 60 steps, streams of 4,096 tokens")

@@ -55,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--expand", type=int, default=1, help="VMI-SA inner width multiple (default: %(default)s)")
     m.add_argument("--mlp-ratio", type=float, default=None, help="MLP hidden width / dim, 0 for none (default: 2 vmisa, 4 attention/gla as nanoGPT)")
     m.add_argument("--alpha", choices=("input", "position", "constant"), default="input", help="VMI-SA alpha mode (default: %(default)s)")
-    m.add_argument("--decay", choices=("none", "input", "scalar"), default="scalar", help="VMI-SA forget gate (default: %(default)s)")
+    m.add_argument("--decay", choices=("none", "input", "scalar"), default="input", help="VMI-SA forget gate (default: %(default)s; 'scalar' saturates on long streams)")
     m.add_argument("--rank-mask", action="store_true", help="apply the paper's rank mask M (off by default for language)")
     m.add_argument("--conv-kernel", type=int, default=4, help="causal depthwise conv size (default: %(default)s)")
     m.add_argument("--n-heads", type=int, default=4, help="heads for attention / GLA (default: %(default)s)")

@@ -173,3 +173,29 @@ def test_default_causal_layer_stays_alive_on_a_long_stream():
     assert late["default"] >= 0.5 * early["default"]
     # the paper's prefix sum: its state grows like t (the property the default avoids)
     assert rms["paper"] > 100 * rms["default"]
+
+
+def test_lm_experiment_ddp_checkpoints_every_ranks_carried_state(tmp_path):
+    """Two gloo processes train on their own streams; the checkpoint holds both ranks'
+    carried states and a DDP run resumes from it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    data = tmp_path / "corpus.txt"
+    data.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_DATASETS_OFFLINE="1")
+    args = [sys.executable, str(root / "experiments" / "lm.py"), "--data", str(data), "--out-dir", str(tmp_path / "ddp"),
+            "--dim", "16", "--depth", "1", "--block-size", "8", "--batch-size", "2", "--stream-length", "32",
+            "--eval-interval", "3", "--eval-batches", "1", "--final-eval-windows", "4", "--sample-tokens", "0",
+            "--no-progress", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    r = subprocess.run([*args, "--max-steps", "6"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    h = ckpt["carried_state"]["0.h"]
+    assert h.shape == (2, 2, 16) and not torch.equal(h[0], h[1])  # (ranks, rows, width): each rank its own rows
+    assert torch.equal(ckpt["carried_state"]["0.position"][0], torch.tensor([16, 24]))  # rows 2 and 3 windows into their streams
+    r = subprocess.run([*args, "--max-steps", "9", "--resume", "last"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

@@ -51,7 +51,10 @@ class VMISAConfig:
         conv_kernel: causal depthwise conv size inside the VMI-SA / GLA mixer (1 disables it).
         alpha: VMI-SA alpha mode: "input" (data-dependent, any length), "position" (a
             learned table of ``max_len`` entries, the paper's choice) or "constant".
-        decay: VMI-SA forget gate: None (the paper's plain prefix sum), "input" or "scalar".
+        decay: VMI-SA forget gate: "input" (default: a per-token gate, bounded state on
+            streams of any length), "scalar" (per-channel constants, half-lives 4 to 4,096
+            tokens at init: its slow channels saturate on long streams, docs/lm.md "Long
+            streams") or None (the paper's plain prefix sum, for fixed-length inputs).
         rank_mask: apply the paper's rank mask M.
         norm: norm inside the VMI-SA layer ("layernorm", "rmsnorm", "none").
         mlp_ratio: hidden width of each block's MLP as a multiple of dim (0: none).
@@ -71,7 +74,7 @@ class VMISAConfig:
     expand: int = 1
     conv_kernel: int = 4
     alpha: str = "input"
-    decay: Optional[str] = "scalar"
+    decay: Optional[str] = "input"
     rank_mask: bool = False
     norm: str = "layernorm"
     mlp_ratio: float = 2.0
