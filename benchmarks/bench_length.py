@@ -72,6 +72,8 @@ def train(name: str, corpus: str, out: Path, args) -> dict:
            "--max-steps", str(args.steps), "--out-dir", str(out), "--sample-tokens", "0", "--no-progress"]
     if args.quick:
         cmd += ["--eval-interval", "30", "--eval-batches", "2", "--final-eval-windows", "50", "--warmup-steps", "10"]
+    if (out / "checkpoints" / "last.ckpt").is_file() and not args.retrain:
+        cmd += ["--resume", "last"]  # an interrupted run continues where it stopped
     print("training:", " ".join(cmd[1:]), flush=True)
     proc = subprocess.run(cmd, env=dict(os.environ, HF_DATASETS_OFFLINE="1"), capture_output=True, text=True)
     if proc.returncode != 0:
@@ -112,7 +114,7 @@ def load_run(run: Path, corpus: str):
     last checkpoint (a run still training). Returns (model, steps trained)."""
     from vmiseq.models.lm import VMISAConfig, VMISAForCausalLM
 
-    if (run / "model").is_dir():
+    if (run / "model").is_dir() and (run / "results.json").is_file():
         model = VMISAForCausalLM.from_pretrained(run / "model")
         return model.eval(), json.loads((run / "results.json").read_text())["steps"]
     from vmiseq.data_text import load_text
@@ -151,12 +153,21 @@ def run_lm(args) -> None:
         bins = log_bins(32, length)
         for name in args.models.split(","):
             run = runs / f"{corpus}-{name}"
-            res = {} if args.no_train else train(name, corpus, run, args)
+            if args.no_train:
+                res = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
+            else:
+                res = train(name, corpus, run, args)
             model, steps = load_run(run, corpus)
             ids = held_out_ids(corpus, model, runs / ".cache")
             window = 64 if name == "attention" else None
             t0 = time.perf_counter()
-            total, count = per_position(model, ids, length, args.long_streams or n_long, args.short_streams, window)
+            key = {"steps": steps, "length": length, "long": args.long_streams or n_long, "short": args.short_streams}
+            cached = run / "length_eval.npz"  # a measured model is not measured again
+            if cached.is_file() and json.loads(str(np.load(cached)["key"])) == key:
+                total, count = np.load(cached)["total"], np.load(cached)["count"]
+            else:
+                total, count = per_position(model, ids, length, key["long"], key["short"], window)
+                np.savez(cached, total=total, count=count, key=json.dumps(key))
             means = bin_means(total, count, bins)
             early, late = bin_means(total, count, [(32, 64), (lo, hi)])
             row = {"corpus": corpus, "model": name, "steps": steps, "stream_length": res.get("stream_length", 0),
