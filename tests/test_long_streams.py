@@ -191,11 +191,11 @@ def test_lm_experiment_ddp_checkpoints_every_ranks_carried_state(tmp_path):
             "--dim", "16", "--depth", "1", "--block-size", "8", "--batch-size", "2", "--stream-length", "32",
             "--eval-interval", "3", "--eval-batches", "1", "--final-eval-windows", "4", "--sample-tokens", "0",
             "--no-progress", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
-    r = subprocess.run([*args, "--max-steps", "6"], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run([*args, "--max-steps", "6"], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     h = ckpt["carried_state"]["0.h"]
     assert h.shape == (2, 2, 16) and not torch.equal(h[0], h[1])  # (ranks, rows, width): each rank its own rows
     assert torch.equal(ckpt["carried_state"]["0.position"][0], torch.tensor([16, 24]))  # rows 2 and 3 windows into their streams
-    r = subprocess.run([*args, "--max-steps", "9", "--resume", "last"], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run([*args, "--max-steps", "9", "--resume", "last"], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
