@@ -16,8 +16,12 @@ carried in chunks of 512 tokens:
   at least 32 tokens)
 
 on tiny-shakespeare (streams of 16,384 tokens = 256x the context) and on the KJV default
-corpus (streams of 262,144 tokens = 4,096x). Streams start at evenly spaced places of the
-held-out text, read cyclically; 64 more streams of 1,024 tokens sharpen the short bins.
+corpus (streams of 262,144 tokens = 4,096x). Streams (4 on tiny-shakespeare, 1 on KJV) start
+at evenly spaced places of the held-out text, read cyclically; 32 more streams of 1,024
+tokens sharpen the short bins. A measured model is cached (``length_eval.npz`` in its run);
+``--no-train`` measures what is there, the last checkpoint of a run still training included.
+The layer part streams 10^6 random tokens through a causal ``VMISALayer(dim=64)`` for each
+decay and reports how much the output still responds to its input.
 
 ``--part forecast`` runs ``benchmarks/bench_length_forecast.py`` (a forecaster's error
 against history length); ``--part all`` runs both.
@@ -55,8 +59,8 @@ MODELS = {  # name -> experiments/lm.py flags
 }
 DEFAULT_MODELS = "vmisa-streams,vmisa-windows,gla-streams,gla-windows,attention"
 CORPORA = {  # name -> (--data, stream length, long streams)
-    "ts": (str(SHAKESPEARE), 16_384, 8),
-    "kjv": ("kjv", 262_144, 3),
+    "ts": (str(SHAKESPEARE), 16_384, 4),
+    "kjv": ("kjv", 262_144, 1),
 }
 TARGET_BINS = {"ts": (1_024, 16_384), "kjv": (16_384, 262_144)}  # must not be worse than [32, 64)
 SHORT_LENGTH, CHUNK = 1_024, 512
@@ -127,6 +131,7 @@ def load_run(run: Path, corpus: str):
     model = VMISAForCausalLM(VMISAConfig.from_dict(hp["config"]))
     model.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
     model.tokenizer = Tokenizer.train_char(load_text(CORPORA[corpus][0]))  # as experiments/lm.py builds it
+    model.run_args = hp["args"]
     return model.eval(), int(ckpt["global_step"])
 
 
@@ -153,11 +158,15 @@ def run_lm(args) -> None:
         bins = log_bins(32, length)
         for name in args.models.split(","):
             run = runs / f"{corpus}-{name}"
+            if args.no_train and not (run / "results.json").is_file() and not (run / "checkpoints" / "last.ckpt").is_file():
+                print(f"skipping {corpus} {name}: no trained run in {run}")
+                continue
             if args.no_train:
                 res = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
             else:
                 res = train(name, corpus, run, args)
             model, steps = load_run(run, corpus)
+            res = res or {"stream_length": getattr(model, "run_args", {}).get("stream_length", 0)}
             ids = held_out_ids(corpus, model, runs / ".cache")
             window = 64 if name == "attention" else None
             t0 = time.perf_counter()
@@ -270,8 +279,8 @@ def main(argv=None) -> None:
     p.add_argument("--runs-dir", default=str(RESULTS_DIR / "length" / "runs"), help="trained models (default: %(default)s)")
     p.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
     p.add_argument("--no-train", action="store_true", help="only measure: finished runs, or the last checkpoint of runs in progress")
-    p.add_argument("--long-streams", type=int, default=0, help="long streams per corpus (default: 8 tiny-shakespeare, 3 KJV)")
-    p.add_argument("--short-streams", type=int, default=64, help=f"extra streams of {SHORT_LENGTH} tokens (default: %(default)s)")
+    p.add_argument("--long-streams", type=int, default=0, help="long streams per corpus (default: 4 tiny-shakespeare, 1 KJV)")
+    p.add_argument("--short-streams", type=int, default=32, help=f"extra streams of {SHORT_LENGTH} tokens (default: %(default)s)")
     p.add_argument("--no-layer", action="store_true", help="skip the VMISALayer response check (10^6 tokens)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the measurement (default: %(default)s)")
     p.add_argument("--out", default=str(RESULTS_DIR / "bench_length"), help="JSON and PNG path stem (default: %(default)s)")
