@@ -96,8 +96,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.stream_length < 0 or (args.stream_length and args.stream_length % args.block_size):
         p.error(f"--stream-length: expected 0 or a positive multiple of --block-size ({args.block_size}), got {args.stream_length}")
     if args.stream_length and bounded:
-        p.error(f"--stream-length: the {args.mixer} model with alpha={args.alpha!r} has learned positions that end at the "
-                f"context; carried states need an unbounded model (vmisa with alpha input/constant, or gla), got {args.stream_length}")
+        what = "the attention model" if args.mixer == "attention" else "alpha='position'"
+        p.error(f"--stream-length: {what} has learned positions that end at the context; carried states need an "
+                f"unbounded model (vmisa with alpha 'input' or 'constant', or gla), got {args.stream_length}")
     return args
 
 
