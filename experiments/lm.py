@@ -31,6 +31,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only unless the
 
 from vmiseq.data_text import RandomWindows, SequentialWindows, bits_per_char, load_text, split_text, tokenize_cached
 from vmiseq.models.lm import MIXERS, VMISAConfig, VMISAForCausalLM
+from vmiseq.streams import CarriedState, ContiguousStreams
 from vmiseq.tokenizer import Tokenizer
 from vmiseq.training import (
     add_trainer_args,
@@ -42,6 +43,10 @@ from vmiseq.training import (
     resolve_resume,
     run_script,
 )
+
+# Contiguous training streams of 16 windows of 64 tokens: long enough to visit deep states
+# (docs/lm.md, "Long streams"), short enough that a sixteenth of the rows start fresh.
+DEFAULT_STREAM_LENGTH = 1024
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--expand", type=int, default=1, help="VMI-SA inner width multiple (default: %(default)s)")
     m.add_argument("--mlp-ratio", type=float, default=None, help="MLP hidden width / dim, 0 for none (default: 2 vmisa, 4 attention/gla as nanoGPT)")
     m.add_argument("--alpha", choices=("input", "position", "constant"), default="input", help="VMI-SA alpha mode (default: %(default)s)")
-    m.add_argument("--decay", choices=("none", "input", "scalar"), default="scalar", help="VMI-SA forget gate (default: %(default)s)")
+    m.add_argument("--decay", choices=("none", "input", "scalar"), default="input", help="VMI-SA forget gate (default: %(default)s; 'scalar' saturates on long streams)")
     m.add_argument("--rank-mask", action="store_true", help="apply the paper's rank mask M (off by default for language)")
     m.add_argument("--conv-kernel", type=int, default=4, help="causal depthwise conv size (default: %(default)s)")
     m.add_argument("--n-heads", type=int, default=4, help="heads for attention / GLA (default: %(default)s)")
@@ -68,6 +73,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--batch-size", type=int, default=12, help="sequences per step (default: %(default)s)")
     t.add_argument("--block-size", type=int, default=64, help="context length in tokens (default: %(default)s)")
     t.add_argument("--max-steps", type=int, default=2000, help="optimiser steps (default: %(default)s)")
+    t.add_argument("--stream-length", type=int, default=None,
+                   help="train on contiguous streams of this many tokens per batch row, carrying the detached state "
+                        "from step to step (so the model learns the states of long streams); 0: independent random "
+                        f"windows from the zero state (default: {DEFAULT_STREAM_LENGTH} for vmisa/gla, 0 for attention "
+                        "and alpha='position', whose learned positions end at the context)")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-3 vmisa/gla, 1e-3 attention as nanoGPT)")
     t.add_argument("--min-lr", type=float, default=1e-4, help="final learning rate of the cosine (default: %(default)s)")
     t.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (default: %(default)s)")
@@ -88,6 +98,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.lr = 1e-3 if args.mixer == "attention" else 2e-3
     if args.mlp_ratio is None:
         args.mlp_ratio = 2.0 if args.mixer == "vmisa" else 4.0
+    bounded = args.mixer == "attention" or (args.mixer == "vmisa" and args.alpha == "position")
+    if args.stream_length is None:
+        args.stream_length = 0 if bounded else max(DEFAULT_STREAM_LENGTH, args.block_size)
+    if args.stream_length < 0 or (args.stream_length and args.stream_length % args.block_size):
+        p.error(f"--stream-length: expected 0 or a positive multiple of --block-size ({args.block_size}), got {args.stream_length}")
+    if args.stream_length and bounded:
+        what = "the attention model" if args.mixer == "attention" else "alpha='position'"
+        p.error(f"--stream-length: {what} has learned positions that end at the context; carried states need an "
+                f"unbounded model (vmisa with alpha 'input' or 'constant', or gla), got {args.stream_length}")
     return args
 
 
@@ -119,10 +138,15 @@ def build_task(args: argparse.Namespace, config: VMISAConfig, val_chars_per_toke
             self.save_hyperparameters({"config": config.__dict__, "args": {k: v for k, v in vars(args).items()}})
             self.model = VMISAForCausalLM(config)
             self._val = []
+            # truncated BPTT over contiguous streams: the detached state of every batch row
+            self.carried = CarriedState() if args.stream_length else None
 
         def training_step(self, batch, batch_idx):
-            x, y = batch
-            loss = self.model(x, targets=y).loss
+            if self.carried is not None:
+                loss = self.carried.loss(self.model, *batch)
+            else:
+                x, y = batch
+                loss = self.model(x, targets=y).loss
             self.log("train/loss", loss, prog_bar=True)
             return loss
 
@@ -143,6 +167,28 @@ def build_task(args: argparse.Namespace, config: VMISAConfig, val_chars_per_toke
             self.log("val/loss", loss, prog_bar=True, sync_dist=False)
             self.log("val/ppl", torch.exp(loss))
             self.log("val/bpc", loss / math.log(2) / val_chars_per_token)
+
+        def on_save_checkpoint(self, checkpoint):
+            # The carried states are part of the run: resuming without them would change
+            # every later step. Under DDP every rank holds its own rows; all ranks run this
+            # hook, so gather them and let each rank pick its own on load.
+            if self.carried is not None:
+                tensors = self.carried.state_dict()
+                if self.trainer.world_size > 1 and tensors:
+                    tensors = {k: self.all_gather(v).cpu() for k, v in tensors.items()}
+                else:
+                    tensors = {k: v.unsqueeze(0).cpu() for k, v in tensors.items()}
+                checkpoint["carried_state"] = tensors
+
+        def on_load_checkpoint(self, checkpoint):
+            tensors = checkpoint.get("carried_state")
+            if self.carried is None or not tensors:
+                return
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+            if next(iter(tensors.values())).shape[0] != world:
+                print("note: the checkpoint's carried states are for another number of processes; streams restart from zero")
+                return
+            self.carried.load_state_dict({k: v[rank] for k, v in tensors.items()})
 
         def configure_optimizers(self):
             decay = [p for p in self.model.parameters() if p.dim() >= 2]
@@ -261,8 +307,11 @@ def main(argv=None) -> dict:
             gradient_clip_val=args.grad_clip or None,
             num_sanity_val_steps=0,
         )
-        train_ds = RandomWindows(train_ids, args.block_size, args.batch_size, seed=args.seed,
-                                 rank=trainer.global_rank, world=trainer.world_size)
+        common = dict(seed=args.seed, rank=trainer.global_rank, world=trainer.world_size)
+        if args.stream_length:
+            train_ds = ContiguousStreams(train_ids, args.block_size, args.batch_size, args.stream_length, **common)
+        else:
+            train_ds = RandomWindows(train_ids, args.block_size, args.batch_size, **common)
         val_windows = args.eval_batches * args.batch_size if args.eval_batches > 0 else None
         val_ds = SequentialWindows(val_ids, args.block_size, val_windows)
     position = ResumePosition.of(trainer)
@@ -288,6 +337,7 @@ def main(argv=None) -> dict:
         "block_size": args.block_size,
         "batch_size": args.batch_size,
         "steps": args.max_steps,
+        "stream_length": args.stream_length,
         "val_loss": val_loss,
         "val_ppl": math.exp(val_loss),
         "val_bpc": bits_per_char(val_loss, len(val_ids), n_val_chars),

@@ -76,8 +76,15 @@ class VMISALayer(nn.Module):
         grid_size: (H, W) the position table was sized for (images); another grid
             interpolates the table bilinearly.
         rank_mask: apply the rank mask M (paper v2) or not (v1).
-        decay: None (the paper: a plain prefix sum), "input" (a per-token forget gate
-            sigmoid(w.u + b)) or "scalar" (a learned per-channel constant decay). Causal only.
+        decay: the forget gate a_t of the causal recurrence. "auto" (default): "input" for
+            a causal layer, None for a non-causal one. "input": a per-token gate
+            sigmoid(w.u + b), initialised near 0.97 (a memory of a few dozen tokens that
+            training can lengthen). "scalar": a learned per-channel constant, half-lives
+            spread from 4 to 4,096 tokens at init. None: the paper's plain prefix sum
+            (a_t = 1): exact for the paper's models and fixed-length inputs, but its state
+            grows like t, so on streams of ~10^5 tokens and more ReLU6 saturates and the
+            output stops responding to the input; use a decay for unbounded streams
+            (docs/lm.md, "Long streams").
         conv_kernel: depthwise conv size (default 4 causal, 7 non-causal); 1 disables mixing.
         conv_dims: 1 (sequences) or 2 (images); default 1 if causal else 2.
         norm: "layernorm", "rmsnorm", "batchnorm" (non-causal only) or "none";
@@ -98,7 +105,7 @@ class VMISALayer(nn.Module):
         max_len: Optional[int] = None,
         grid_size: Optional[tuple[int, int]] = None,
         rank_mask: bool = True,
-        decay: Optional[str] = None,
+        decay: Optional[str] = "auto",
         conv_kernel: Optional[int] = None,
         conv_dims: Optional[int] = None,
         norm: Optional[str] = None,
@@ -114,7 +121,9 @@ class VMISALayer(nn.Module):
         if not isinstance(expand, int) or expand <= 0:
             raise ValueError(f"expand: expected a positive int, got {expand!r}")
         _choice("alpha", alpha, ALPHA_MODES)
-        _choice("decay", decay, DECAY_MODES)
+        _choice("decay", decay, DECAY_MODES + ("auto",))
+        if decay == "auto":  # bounded by default where there is a recurrence to bound
+            decay = "input" if causal else None
         _choice("backend", backend, BACKENDS)
         norm = norm if norm is not None else ("layernorm" if causal else "batchnorm")
         _choice("norm", norm, NORMS)

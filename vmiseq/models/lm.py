@@ -55,7 +55,10 @@ class VMISAConfig:
         conv_kernel: causal depthwise conv size inside the VMI-SA / GLA mixer (1 disables it).
         alpha: VMI-SA alpha mode: "input" (data-dependent, any length), "position" (a
             learned table of ``max_len`` entries, the paper's choice) or "constant".
-        decay: VMI-SA forget gate: None (the paper's plain prefix sum), "input" or "scalar".
+        decay: VMI-SA forget gate: "input" (default: a per-token gate, bounded state on
+            streams of any length), "scalar" (per-channel constants, half-lives 4 to 4,096
+            tokens at init: its slow channels saturate on long streams, docs/lm.md "Long
+            streams") or None (the paper's plain prefix sum, for fixed-length inputs).
         rank_mask: apply the paper's rank mask M.
         norm: norm inside the VMI-SA layer ("layernorm", "rmsnorm", "none").
         mlp_ratio: hidden width of each block's MLP as a multiple of dim (0: none).
@@ -75,7 +78,7 @@ class VMISAConfig:
     expand: int = 1
     conv_kernel: int = 4
     alpha: str = "input"
-    decay: Optional[str] = "scalar"
+    decay: Optional[str] = "input"
     rank_mask: bool = False
     norm: str = "layernorm"
     mlp_ratio: float = 2.0
@@ -160,6 +163,39 @@ class LMState:
 
     def detach(self) -> "LMState":
         return LMState([s.detach() for s in self.layers], self.mixer)
+
+    def reset_rows(self, mask: Tensor) -> "LMState":
+        """Rows where ``mask`` (B,) is true go back to the fresh state (zeros, position 0);
+        the other rows are kept. Used when a training stream starts over."""
+        if mask.dtype != torch.bool or tuple(mask.shape) != (self.batch_size,):
+            raise ValueError(f"mask: expected a bool tensor of shape ({self.batch_size},), got {mask.dtype} {tuple(mask.shape)}")
+        if not bool(mask.any()):
+            return self
+
+        def reset(t: Tensor) -> Tensor:
+            return t.masked_fill(mask.view(-1, *([1] * (t.dim() - 1))), 0)
+
+        return LMState([type(s)(*(reset(getattr(s, f.name)) for f in dataclasses.fields(s))) for s in self.layers], self.mixer)
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        """Named tensors (``"<layer>.<field>"``), e.g. to store the state in a checkpoint."""
+        return {f"{i}.{f.name}": getattr(s, f.name) for i, s in enumerate(self.layers) for f in dataclasses.fields(s)}
+
+    @staticmethod
+    def from_tensors(tensors: dict[str, Tensor], like: "LMState") -> "LMState":
+        """Inverse of :meth:`to_tensors`; ``like`` (e.g. ``model.init_state(B)``) gives the
+        layer state types, shapes and device."""
+        layers = []
+        for i, s in enumerate(like.layers):
+            fields = []
+            for f in dataclasses.fields(s):
+                ref, t = getattr(s, f.name), tensors.get(f"{i}.{f.name}")
+                if t is None or t.shape != ref.shape:
+                    got = None if t is None else tuple(t.shape)
+                    raise ValueError(f"tensors: expected {i}.{f.name} of shape {tuple(ref.shape)}, got {got}")
+                fields.append(t.to(device=ref.device, dtype=ref.dtype))
+            layers.append(type(s)(*fields))
+        return LMState(layers, like.mixer)
 
     @staticmethod
     def cat(states: Sequence["LMState"]) -> "LMState":
