@@ -43,8 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--horizons", default="96,192,336,720", help="comma list (default: %(default)s)")
     p.add_argument("--lengths", default="96,384,1536,6144", help="history lengths, the first is the baseline (default: %(default)s)")
     p.add_argument("--no-online", action="store_true", help="skip the online stream from row 0")
+    p.add_argument("--every", type=int, default=1, help="use every k-th test window (1 = all; the online stream always runs every row)")
     p.add_argument("--batch-size", type=int, default=32, help="test windows per batch (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    p.add_argument("--merge", default=None, help="comma list of this script's JSON files (e.g. one per horizon, run in parallel): report them together, evaluate nothing")
     p.add_argument("--out", default=str(RESULTS_DIR / "length_forecast"), help="output prefix for .json and .png (default: %(default)s)")
     args = p.parse_args(argv)
     for name in ("horizons", "lengths"):
@@ -116,7 +118,7 @@ def evaluate_online(model: VMISAForecaster, series: torch.Tensor, ends: torch.Te
     sums: dict = {}
     for t in progress(range(last), desc=f"online h{H}"):
         state = model.update(series[t : t + 1], state)
-        if t + 1 >= first:
+        if t + 1 >= first and bool((ends == t + 1).any()):
             _accumulate(sums, "", model.forecast(state)[0], series[t + 1 : t + 1 + H])
     # the online forecast is the batch forward over the same whole history (tested; checked here once)
     ref = model(series[:last].unsqueeze(0), start=0)
@@ -129,13 +131,20 @@ def evaluate_online(model: VMISAForecaster, series: torch.Tensor, ends: torch.Te
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.merge:
+        import json
+
+        results = [r for f in args.merge.split(",") for r in json.loads(Path(f).read_text())["results"]]
+        results.sort(key=lambda r: r["horizon"])
+        report(args, results)
+        return {"results": results}
     table = load_csv(args.data)
     results = []
     for horizon in args.horizons:
         model = load_model(args, horizon)
         data = prepare_forecast_data(table, model.config.seq_len, horizon, "ett_hour")
         series = torch.from_numpy(data.scaled)
-        ends = data.test.first_row + data.test.seq_len + torch.arange(len(data.test))  # first forecast row of each window
+        ends = data.test.first_row + data.test.seq_len + torch.arange(0, len(data.test), args.every)  # first forecast row of each window
         row = {"horizon": horizon, "test_windows": len(ends), "norm": model.config.norm, "lengths": {}}
         t0 = time.perf_counter()
         for length in args.lengths:

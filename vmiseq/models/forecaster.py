@@ -438,14 +438,18 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         return y * std.to(y.dtype).unsqueeze(1) + mean.to(y.dtype).unsqueeze(1)
 
     # ------------------------------------------------------------------ batch
-    def forward(self, x: Tensor, start=None, return_branches: bool = False):
+    def forward(self, x: Tensor, start=None, return_branches: bool = False, grad_tokens: Optional[int] = None):
         """Forecast the next ``pred_len`` steps after each history: (B, T, N) -> (B, H, N).
 
         ``start``: absolute time index of ``x[:, 0]`` (an int or (B,) integers); only used, and
         then required, with ``cycle_len > 0``. ``return_branches`` (linear_path="average"):
         return ``(forecast, {"blocks": ..., "linear": ...})``, for training each path on its
-        own loss.
+        own loss. ``grad_tokens`` (training on long histories): run all but the last
+        ``grad_tokens`` tokens without autograd and pass their state on (truncated
+        backpropagation; the forecast is the same, the cost of the prefix is a forward only).
         """
+        if grad_tokens is not None and (isinstance(grad_tokens, bool) or not isinstance(grad_tokens, int) or grad_tokens <= 0):
+            raise ValueError(f"grad_tokens: expected a positive int or None, got {grad_tokens!r}")
         self._check_history(x)
         cfg = self.config
         B, T, N = x.shape
@@ -464,14 +468,28 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         if start is not None:  # remove the learned cycle at each observation's time index
             idx = start.view(B, 1, 1) + first + S * torch.arange(n, device=x.device).view(1, n, 1) + torch.arange(P, device=x.device)
             z = z - self._cycle_at(idx).permute(0, 1, 3, 2)  # (B, n, P, N) -> (B, n, N, P)
-        h = self._tokens(z)
-        for block in self.blocks:
-            h = block(h)
+        h = self._run_blocks(z, grad_tokens)
         last_mean = None if mean is None else mean[:, -1]
         last_std = None if std is None else std[:, -1]
         window = x[:, T - cfg.seq_len :] if cfg.linear_path != "none" else None
         next_index = None if start is None else start + T
         return self._decode(h[:, -1], last_mean, last_std, B, next_index, window, return_branches)
+
+    def _run_blocks(self, z: Tensor, grad_tokens: Optional[int]) -> Tensor:
+        """Normalised patches (B, n, N, P) -> the block stack's features (B', n', d); with
+        ``grad_tokens`` only the last tokens are kept, the rest ran under ``no_grad``."""
+        n = z.shape[1]
+        states = [None] * len(self.blocks)
+        if grad_tokens is not None and n > grad_tokens:
+            with torch.no_grad():
+                h = self._tokens(z[:, : n - grad_tokens])
+                for i, block in enumerate(self.blocks):
+                    h, states[i] = block(h, None, output_state=True)
+            z = z[:, n - grad_tokens :]
+        h = self._tokens(z)
+        for block, state in zip(self.blocks, states):
+            h = block(h) if state is None else block(h, state)
+        return h
 
     # ------------------------------------------------------------------ online
     def init_state(self, batch_size: int, device=None, dtype=None, start=None) -> ForecasterState:
