@@ -108,3 +108,19 @@ def test_an_observation_beyond_the_state_dtype_is_an_error_not_a_nan_forecast():
     assert torch.isfinite(model.forecast(state)).all()
     with pytest.raises(ValueError, match="norm_window"):
         ForecasterConfig(norm_window=-1)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(channel_independent=False, stride=3)], ids=["default", "mixing-stride3"])
+def test_forecast_prefixes_equal_the_online_forecasts(kw):
+    """Every end of a long stream at once (one pass per phase) == update + forecast there."""
+    model = small(**kw)
+    x = walk(T=70)
+    ends = [24, 25, 31, 50, 69, 70]
+    got = model.forecast_prefixes(x, torch.tensor(ends), start=2)
+    state = model.init_state(1, start=2)
+    for t in range(70):
+        state = model.update(x[:, t], state)
+        if t + 1 in ends:
+            torch.testing.assert_close(got[ends.index(t + 1)], model.forecast(state)[0], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="ends"):
+        model.forecast_prefixes(x, torch.tensor([10]), start=2)

@@ -22,6 +22,7 @@ from test_timeseries_experiment import common, load_script, synthetic_csv  # noq
 
 
 def run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     csv = tmp_path / "s.csv"
     if not csv.exists():
         synthetic_csv(csv)

@@ -491,6 +491,56 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
             h = block(h) if state is None else block(h, state)
         return h
 
+    @torch.no_grad()
+    def forecast_prefixes(self, x: Tensor, ends: Tensor, start=None) -> Tensor:
+        """The forecast after each prefix ``x[:, :e]`` for ``e`` in ``ends``: (len(ends), H, N) for
+        one series x (1, T, N) -- what :meth:`update` then :meth:`forecast` give after ``e``
+        observations, for every end of a long stream at once.
+
+        Causality makes this one pass per phase: the prefixes whose ends share ``e mod stride``
+        cut the same tokens, so one run of the blocks over the longest of them holds every
+        shorter prefix's last token (tested equal to ``forward(x[:, :e])``).
+        """
+        self._check_history(x)
+        cfg = self.config
+        if x.shape[0] != 1:
+            raise ValueError(f"x: expected one series (1, T, N), got batch {x.shape[0]}")
+        ends = torch.as_tensor(ends, dtype=torch.long).flatten()
+        if ends.numel() == 0 or int(ends.min()) < self.min_history or int(ends.max()) > x.shape[1]:
+            raise ValueError(f"ends: expected prefix lengths in [{self.min_history}, {x.shape[1]}], got {ends.tolist()[:5]}...")
+        start = self._check_start(start, 1, x.device)
+        P, S, N = cfg.patch_len, cfg.stride, cfg.n_vars
+        mean_all = std_all = None
+        if cfg.norm != "none":
+            s0, s1, s2 = history_moments(x, cfg.norm, cfg.decay_factor, cfg.stats_window)
+            mean_all, std_all = moments_to_stats(s0.view(1, -1, 1), s1, s2, cfg.norm_eps)
+        out = torch.empty(ends.numel(), cfg.pred_len, N, dtype=x.dtype, device=x.device)
+        for phase in torch.unique(ends % S).tolist():
+            pick = (ends % S == phase).nonzero().flatten()
+            T = int(ends[pick].max())
+            n = (T - P) // S + 1
+            first = T - (n - 1) * S - P
+            patches = x[:, first:T].unfold(1, P, S)  # (1, n, N, P)
+            tok_end = first + P - 1 + S * torch.arange(n, device=x.device)
+            mean = None if mean_all is None else mean_all[:, tok_end]
+            std = None if std_all is None else std_all[:, tok_end]
+            z = self._normalise(patches, mean, std)
+            if start is not None:
+                idx = start.view(1, 1, 1) + first + S * torch.arange(n, device=x.device).view(1, n, 1) + torch.arange(P, device=x.device)
+                z = z - self._cycle_at(idx).permute(0, 1, 3, 2)
+            h = self._run_blocks(z, None)  # (N or 1, n, d)
+            e = ends[pick]
+            k = (e - 1 - tok_end[0]) // S  # the token each prefix ends with
+            h_last = h[:, k].transpose(0, 1).reshape(e.numel() * h.shape[0], -1)
+            window = None
+            if cfg.linear_path != "none":
+                window = x[0][e.view(-1, 1) - cfg.seq_len + torch.arange(cfg.seq_len, device=x.device)]
+            next_index = None if start is None else start[0] + e
+            m = None if mean_all is None else mean_all[0, e - 1]
+            sd = None if std_all is None else std_all[0, e - 1]
+            out[pick] = self._decode(h_last, m, sd, e.numel(), next_index, window)
+        return out
+
     # ------------------------------------------------------------------ online
     def init_state(self, batch_size: int, device=None, dtype=None, start=None) -> ForecasterState:
         """An empty history for ``batch_size`` series (feed observations with :meth:`update`).
