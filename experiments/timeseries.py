@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--n-heads", type=int, default=4, help="heads of the transformer / gla mixers (default: %(default)s)")
     m.add_argument("--patch-len", type=int, default=16, help="observations per token (default: %(default)s)")
     m.add_argument("--stride", type=int, default=16, help="observations between tokens (default: %(default)s)")
-    m.add_argument("--norm", default="expanding", choices=("expanding", "ema", "none"), help="causal instance normalisation (default: %(default)s)")
+    m.add_argument("--norm", default="window", choices=("window", "expanding", "ema", "none"), help="causal instance normalisation: window = statistics of the last --seq-len rows (default: %(default)s)")
     m.add_argument("--norm-halflife", type=float, default=96.0, help="half-life of --norm ema, in observations (default: %(default)s)")
     m.add_argument("--cycle-len", default="auto", help="learned periodic profile length; auto = one day of rows (from the dates), 0 = off")
     m.add_argument("--channel-mixing", action="store_true", help="one token for all variables instead of channel independence")
@@ -202,10 +202,10 @@ def lightning_module(model, args, crash_at: Optional[int] = None):
             grad_tokens = (cfg.seq_len - cfg.patch_len) // cfg.stride + 1 if x.shape[1] > cfg.seq_len else None
             return self.model(x, start=start, return_branches=return_branches, grad_tokens=grad_tokens)
 
-        def on_train_epoch_start(self):
-            # Dropout draws from a seed of (seed, epoch, rank) alone, and the sampler shuffles by
-            # (seed, epoch): an epoch replayed after a resume is the epoch an uninterrupted run had.
-            torch.manual_seed(args.seed * 1_000_003 + 7919 * self.current_epoch + self.global_rank)
+        def on_train_batch_start(self, batch, batch_idx):
+            # Dropout draws from a seed of (seed, step, rank) alone, and the sampler shuffles by
+            # (seed, epoch): a step replayed after a resume is the step an uninterrupted run had.
+            torch.manual_seed(args.seed * 1_000_003 + 7919 * self.global_step + self.global_rank)
 
         def training_step(self, batch, _):
             if crash_at is not None and self.global_step >= crash_at:
@@ -303,18 +303,25 @@ def plot_forecasts(module, data: ForecastData, path: Path, n_windows: int, title
 class EpochShuffle(RandomSampler):
     """Shuffles the training windows with a permutation drawn from (seed, epoch) alone.
 
-    Lightning calls ``set_epoch`` before every epoch, so an epoch replayed after ``--resume``
-    sees the batches the uninterrupted run saw. (Under DDP Lightning swaps this RandomSampler
-    for its ``DistributedSampler``, which is seeded by epoch the same way.)
+    The epoch is read when the first window of an epoch is drawn, from ``epoch_of`` (the
+    trainer's global step over the steps per epoch: restored exactly by a resume, unlike
+    Lightning's epoch counters around a restart), so an epoch replayed after ``--resume`` sees
+    the batches the uninterrupted run saw. (Under DDP Lightning swaps this RandomSampler for
+    its ``DistributedSampler``, seeded by epoch.)
     """
 
-    def __init__(self, dataset, seed: int) -> None:
+    def __init__(self, dataset, seed: int, epoch_of=None) -> None:
         super().__init__(dataset, generator=torch.Generator())
-        self.seed = seed
+        self.seed, self.epoch_of = seed, epoch_of
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+
+    def __iter__(self):
+        if self.epoch_of is not None:
+            self.set_epoch(self.epoch_of())
+        yield from super().__iter__()
 
 
 def checkpoint_step(path: str) -> int:
@@ -382,16 +389,23 @@ def run_horizon(args, table: SeriesTable, split: str, horizon: int, cycle_len: i
     model.scaler = data.scaler  # saved with the weights
     module = lightning_module(model, args, crash_at)
     loaders = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0)
+    limit = args.max_train_batches if args.max_train_batches <= 1 else int(args.max_train_batches)
+    n_batches = len(data.train) // args.batch_size
+    n_batches = min(n_batches, int(n_batches * limit) if isinstance(limit, float) else limit)
+    steps_per_epoch = max(1, -(-n_batches // args.accumulate_grad_batches))
+
+    def epoch_of() -> int:  # the epoch a resumed run is in, from the restored global step
+        return module.global_step // steps_per_epoch if module._trainer is not None else 0
+
     long_history = args.history_max > 0 and args.model != "dlinear"
     if long_history:  # batches of random-length histories (the sampler shards itself under DDP)
-        batches = RandomHistoryBatches(data.train, args.batch_size, args.history_max, args.history_share, args.seed)
+        batches = RandomHistoryBatches(data.train, args.batch_size, args.history_max, args.history_share, args.seed, epoch_of)
         train_dl = DataLoader(data.train, batch_sampler=batches, **loaders)
     else:
-        train_dl = DataLoader(data.train, batch_size=args.batch_size, sampler=EpochShuffle(data.train, args.seed), drop_last=True, **loaders)
+        train_dl = DataLoader(data.train, batch_size=args.batch_size, sampler=EpochShuffle(data.train, args.seed, epoch_of), drop_last=True, **loaders)
     val_dl = DataLoader(data.val, batch_size=512, shuffle=False, drop_last=False, **loaders)
     test_dl = DataLoader(data.test, batch_size=512, shuffle=False, drop_last=False, **loaders)  # the full test set
 
-    limit = args.max_train_batches if args.max_train_batches <= 1 else int(args.max_train_batches)
     trainer = build_trainer(
         sub,
         monitor="val/mse",

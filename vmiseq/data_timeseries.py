@@ -357,7 +357,9 @@ class RandomHistoryBatches(Sampler):
     are ``(index, length)`` pairs for :class:`WindowDataset`.
     """
 
-    def __init__(self, dataset: "WindowDataset", batch_size: int, max_len: int, p_long: float = 0.5, seed: int = 0) -> None:
+    def __init__(
+        self, dataset: "WindowDataset", batch_size: int, max_len: int, p_long: float = 0.5, seed: int = 0, epoch_of=None
+    ) -> None:
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         if not isinstance(max_len, int) or max_len < dataset.seq_len:
@@ -366,6 +368,7 @@ class RandomHistoryBatches(Sampler):
             raise ValueError(f"p_long: expected a probability in [0, 1], got {p_long!r}")
         self.dataset, self.batch_size, self.max_len, self.p_long, self.seed = dataset, batch_size, max_len, p_long, seed
         self.epoch = 0
+        self.epoch_of = epoch_of  # optional callable: the epoch, read when an epoch's first batch is drawn
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -399,6 +402,8 @@ class RandomHistoryBatches(Sampler):
         return out
 
     def __iter__(self):
+        if self.epoch_of is not None:
+            self.set_epoch(self.epoch_of())
         rank, world = self._world()
         yield from self.batches()[rank::world]
 
