@@ -49,7 +49,7 @@ HORIZONS = (96, 192, 336, 720)
 MODELS = ("vmisa", "dlinear", "transformer", "gla")
 MIXER_OF = {"vmisa": "vmisa", "transformer": "attention", "gla": "gla"}
 DEFAULT_COLUMNS = ["Demand", "Temperature"]  # of the built-in vic_elec.csv
-PUBLISHED_ETTH1 = {  # input 96, iTransformer's protocol (DESIGN.md section 5): (MSE, MAE)
+PUBLISHED_ETTH1 = {  # input 96, iTransformer's protocol (docs/timeseries.md): (MSE, MAE)
     "DLinear": {96: (0.386, 0.400), 192: (0.437, 0.432), 336: (0.481, 0.459), 720: (0.519, 0.516)},
     "PatchTST": {96: (0.414, 0.419), 192: (0.460, 0.445), 336: (0.501, 0.466), 720: (0.500, 0.488)},
     "iTransformer": {96: (0.386, 0.405), 192: (0.441, 0.436), 336: (0.487, 0.458), 720: (0.503, 0.491)},

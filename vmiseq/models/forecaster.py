@@ -3,15 +3,16 @@
 Input (B, T, N) -> forecast (B, H, N). The pipeline (every step causal, so the same function
 can be evaluated on a whole history at once or advanced one observation at a time):
 
-1. **Causal instance normalisation** (RevIN-style; ``norm="expanding"`` by default). Standard RevIN
+1. **Causal instance normalisation** (RevIN-style; ``norm="window"`` by default). Standard RevIN
    normalises a window by the mean and deviation of the whole window; a recurrent state that
    already absorbed the old tokens cannot be re-normalised when a new observation shifts those
-   statistics. So each patch token is normalised by running statistics *as they stood when
-   the token completed* (exponentially weighted, bias-corrected mean and variance, half-life
-   ``norm_halflife`` observations; ``"expanding"`` weighs the whole history equally), and the
-   forecast is de-normalised with the statistics at the last observation. The statistics are
-   three running sums per variable: O(1) to update, and the batch path computes the very same
-   sums over the same history (in float64), so both paths agree.
+   statistics. So each patch token is normalised by causal statistics *as they stood when the
+   token completed* -- by default those of the last ``seq_len`` observations, so that after
+   months of streaming the model still sees the statistics of its training windows (see
+   :mod:`vmiseq.models.forecast_norm` for "window", "expanding" and "ema") -- and the forecast
+   is de-normalised with the statistics at the last observation. The statistics are three
+   sums per variable: O(1) to update, and the batch path computes the very same sums over the
+   same history (in float64), so both paths agree.
 2. **Patching**, aligned to the *end* of the history: tokens are the ``patch_len``-long
    patches ending at T, T - stride, T - 2 stride, ... (observations before the first whole
    patch are dropped, as in the batch benchmark code). Online, the patch boundaries would move
