@@ -480,6 +480,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     dataset = Path(args.data).stem if args.data else (args.hf_dataset or "vic_elec")
     print(f"data: {table.source} ({table.n_rows} rows x {table.n_vars} variables), split {split}, cycle_len {cycle_len}")
     rows = [run_horizon(args, table, split, h, cycle_len) for h in horizons]
+    if not all(rows):  # a DDP worker other than rank 0: rank 0 reports and writes the files
+        return []
     table_text = format_table(rows, args.model, dataset)
     print("\n" + table_text)
     out = Path(args.out_dir)
