@@ -22,12 +22,14 @@ import argparse
 import json
 import os
 import sys
+import signal
 import time
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import RandomSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -35,19 +37,28 @@ from vmiseq.benchmark_data import DATASETS, resolve_data  # noqa: E402
 from vmiseq.data_timeseries import (  # noqa: E402
     SPLITS,
     ForecastData,
+    RandomHistoryBatches,
     SeriesTable,
     default_dataset_path,
     load_csv,
     load_hf_dataset,
     prepare_forecast_data,
 )
-from vmiseq.training import add_trainer_args, argument_errors, build_trainer, plot_metrics, run_script  # noqa: E402
+from vmiseq.training import (  # noqa: E402
+    add_trainer_args,
+    argument_errors,
+    build_trainer,
+    merge_resumed_metrics,
+    plot_metrics,
+    resolve_resume,
+    run_script,
+)
 
 HORIZONS = (96, 192, 336, 720)
 MODELS = ("vmisa", "dlinear", "transformer", "gla")
 MIXER_OF = {"vmisa": "vmisa", "transformer": "attention", "gla": "gla"}
 DEFAULT_COLUMNS = ["Demand", "Temperature"]  # of the built-in vic_elec.csv
-PUBLISHED_ETTH1 = {  # input 96, iTransformer's protocol (DESIGN.md section 5): (MSE, MAE)
+PUBLISHED_ETTH1 = {  # input 96, iTransformer's protocol (docs/timeseries.md): (MSE, MAE)
     "DLinear": {96: (0.386, 0.400), 192: (0.437, 0.432), 336: (0.481, 0.459), 720: (0.519, 0.516)},
     "PatchTST": {96: (0.414, 0.419), 192: (0.460, 0.445), 336: (0.501, 0.466), 720: (0.500, 0.488)},
     "iTransformer": {96: (0.386, 0.405), 192: (0.441, 0.436), 336: (0.487, 0.458), 720: (0.503, 0.491)},
@@ -78,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--n-heads", type=int, default=4, help="heads of the transformer / gla mixers (default: %(default)s)")
     m.add_argument("--patch-len", type=int, default=16, help="observations per token (default: %(default)s)")
     m.add_argument("--stride", type=int, default=16, help="observations between tokens (default: %(default)s)")
-    m.add_argument("--norm", default="expanding", choices=("expanding", "ema", "none"), help="causal instance normalisation (default: %(default)s)")
+    m.add_argument("--norm", default="window", choices=("window", "expanding", "ema", "none"), help="causal instance normalisation: window = statistics of the last --seq-len rows (default: %(default)s)")
     m.add_argument("--norm-halflife", type=float, default=96.0, help="half-life of --norm ema, in observations (default: %(default)s)")
     m.add_argument("--cycle-len", default="auto", help="learned periodic profile length; auto = one day of rows (from the dates), 0 = off")
     m.add_argument("--channel-mixing", action="store_true", help="one token for all variables instead of channel independence")
@@ -95,8 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--epochs", type=int, default=10, help="maximum epochs (default: %(default)s)")
     o.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs on val/mse (default: %(default)s)")
     o.add_argument("--plot-windows", type=int, default=4, help="test windows drawn in forecasts.png (default: %(default)s)")
+    o.add_argument("--history-max", type=int, default=0,
+                   help="train on histories of random length up to this many rows (long-stream states; gradients through the "
+                        "last seq_len rows' tokens only). 0 = off, the default: with the sliding-window normalisation the "
+                        "seq_len-trained forecaster measured no worse on long streams (docs/timeseries.md)")
+    o.add_argument("--history-share", type=float, default=0.5, help="share of training windows given a longer history (default: %(default)s)")
     o.add_argument("--max-train-batches", type=float, default=1.0, help="fraction (or count) of training batches per epoch, for smoke runs")
     add_trainer_args(p, out_dir="runs/timeseries")
+    p.add_argument("--crash-at-step", default=None, help=argparse.SUPPRESS)  # tests: SIGKILL itself at HORIZON:STEP
     return p
 
 
@@ -178,7 +195,7 @@ def make_model(args, n_vars: int, pred_len: int, cycle_len: int):
     return VMISAForecaster(cfg)
 
 
-def lightning_module(model, args):
+def lightning_module(model, args, crash_at: Optional[int] = None):
     """A LightningModule around a forecaster: MAE/MSE training, exact full-set metrics."""
     import lightning as L
 
@@ -195,11 +212,22 @@ def lightning_module(model, args):
 
         def forward(self, x, t0, return_branches: bool = False):
             start = t0 if self.uses_start else None
-            if return_branches:
-                return self.model(x, start=start, return_branches=True)
-            return self.model(x, start=start) if self.uses_start else self.model(x)
+            if not isinstance(self.model, VMISAForecaster):
+                return self.model(x)
+            # a history longer than seq_len (--history-max): backpropagate through the window's tokens only
+            cfg = self.model.config
+            grad_tokens = (cfg.seq_len - cfg.patch_len) // cfg.stride + 1 if x.shape[1] > cfg.seq_len else None
+            return self.model(x, start=start, return_branches=return_branches, grad_tokens=grad_tokens)
+
+        def on_train_batch_start(self, batch, batch_idx):
+            # Dropout draws from a seed of (seed, step, rank) alone, and the sampler shuffles by
+            # (seed, epoch): a step replayed after a resume is the step an uninterrupted run had.
+            torch.manual_seed(args.seed * 1_000_003 + 7919 * self.global_step + self.global_rank)
 
         def training_step(self, batch, _):
+            if crash_at is not None and self.global_step >= crash_at:
+                sys.stdout.flush()
+                os.kill(os.getpid(), signal.SIGKILL)  # tests: a killed run, no cleanup, no final checkpoint
             x, y, t0 = batch
             loss_fn = F.l1_loss if args.loss == "mae" else F.mse_loss
             if self.branches:
@@ -289,11 +317,86 @@ def plot_forecasts(module, data: ForecastData, path: Path, n_windows: int, title
     return path
 
 
+class EpochShuffle(RandomSampler):
+    """Shuffles the training windows with a permutation drawn from (seed, epoch) alone.
+
+    The epoch is read when the first window of an epoch is drawn, from ``epoch_of`` (the
+    trainer's global step over the steps per epoch: restored exactly by a resume, unlike
+    Lightning's epoch counters around a restart), so an epoch replayed after ``--resume`` sees
+    the batches the uninterrupted run saw. (Under DDP Lightning swaps this RandomSampler for
+    its ``DistributedSampler``, seeded by epoch.)
+    """
+
+    def __init__(self, dataset, seed: int, epoch_of=None) -> None:
+        super().__init__(dataset, generator=torch.Generator())
+        self.seed, self.epoch_of = seed, epoch_of
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+
+    def __iter__(self):
+        if self.epoch_of is not None:
+            self.set_epoch(self.epoch_of())
+        yield from super().__iter__()
+
+
+def checkpoint_step(path: str) -> int:
+    """The global step a Lightning checkpoint was saved at (read without unpickling code)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True).get("global_step", 0))
+
+
+def horizon_resume(args, out: Path) -> tuple[Optional[str], Optional[dict]]:
+    """What ``--resume`` means for one horizon's folder: (checkpoint to resume from, or the
+    result of a horizon that had already finished)."""
+    if args.resume is None:
+        return None, None
+    if args.resume != "last":
+        return resolve_resume(args.resume, str(out)), None
+    done = out / "result.json"
+    if done.is_file():  # finished before the interruption: its result stands
+        return None, json.loads(done.read_text())
+    if (out / "checkpoints" / "last.ckpt").is_file():
+        return resolve_resume("last", str(out)), None
+    return None, None  # not started before the interruption: train it from the start
+
+
+def check_resume(args, horizons: list[int]) -> None:
+    """``--resume`` errors before any work: a path for several horizons, nothing to resume."""
+    if args.resume is None:
+        return
+    if args.resume != "last":
+        if len(horizons) != 1:
+            raise ValueError(f"--resume: a checkpoint path resumes one horizon, got --horizon {args.horizon!r}; use --resume last")
+        resolve_resume(args.resume, args.out_dir)
+        return
+    folders = [Path(args.out_dir) / f"{args.model}_h{h}" for h in horizons]
+    if not any((f / "result.json").is_file() or (f / "checkpoints" / "last.ckpt").is_file() for f in folders):
+        raise ValueError(
+            f"--resume: expected an interrupted run in {args.out_dir!r} (a checkpoints/last.ckpt or result.json under "
+            f"{', '.join(f.name for f in folders)}), got none"
+        )
+
+
 def run_horizon(args, table: SeriesTable, split: str, horizon: int, cycle_len: int) -> dict:
     """Train, early-stop, test and save one horizon; returns its metrics."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
     from torch.utils.data import DataLoader
+
+    sub = argparse.Namespace(**vars(args))
+    sub.out_dir = str(Path(args.out_dir) / f"{args.model}_h{horizon}")
+    out = Path(sub.out_dir)
+    resume, finished = horizon_resume(args, out)
+    if finished is not None:
+        print(f"horizon {horizon}: finished before the interruption, kept ({out / 'result.json'})")
+        return finished
+    (out / "result.json").unlink(missing_ok=True)  # a fresh or resumed run writes its own at the end
+    start_step = checkpoint_step(resume) if resume else 0
+    crash_at = None
+    if args.crash_at_step:
+        crash_h, crash_s = (int(v) for v in args.crash_at_step.split(":"))
+        crash_at = crash_s if crash_h == horizon else None
 
     L.seed_everything(args.seed, workers=True)
     data = prepare_forecast_data(table, args.seq_len, horizon, split)
@@ -301,15 +404,25 @@ def run_horizon(args, table: SeriesTable, split: str, horizon: int, cycle_len: i
         ds.return_index = True
     model = make_model(args, table.n_vars, horizon, cycle_len)
     model.scaler = data.scaler  # saved with the weights
-    module = lightning_module(model, args)
+    module = lightning_module(model, args, crash_at)
     loaders = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0)
-    train_dl = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, drop_last=True, **loaders)
+    limit = args.max_train_batches if args.max_train_batches <= 1 else int(args.max_train_batches)
+    n_batches = len(data.train) // args.batch_size
+    n_batches = min(n_batches, int(n_batches * limit) if isinstance(limit, float) else limit)
+    steps_per_epoch = max(1, -(-n_batches // args.accumulate_grad_batches))
+
+    def epoch_of() -> int:  # the epoch a resumed run is in, from the restored global step
+        return module.global_step // steps_per_epoch if module._trainer is not None else 0
+
+    long_history = args.history_max > 0 and args.model != "dlinear"
+    if long_history:  # batches of random-length histories (the sampler shards itself under DDP)
+        batches = RandomHistoryBatches(data.train, args.batch_size, args.history_max, args.history_share, args.seed, epoch_of)
+        train_dl = DataLoader(data.train, batch_sampler=batches, **loaders)
+    else:
+        train_dl = DataLoader(data.train, batch_size=args.batch_size, sampler=EpochShuffle(data.train, args.seed, epoch_of), drop_last=True, **loaders)
     val_dl = DataLoader(data.val, batch_size=512, shuffle=False, drop_last=False, **loaders)
     test_dl = DataLoader(data.test, batch_size=512, shuffle=False, drop_last=False, **loaders)  # the full test set
 
-    sub = argparse.Namespace(**vars(args))
-    sub.out_dir = str(Path(args.out_dir) / f"{args.model}_h{horizon}")
-    limit = args.max_train_batches if args.max_train_batches <= 1 else int(args.max_train_batches)
     trainer = build_trainer(
         sub,
         monitor="val/mse",
@@ -317,20 +430,25 @@ def run_horizon(args, table: SeriesTable, split: str, horizon: int, cycle_len: i
         callbacks=[EarlyStopping(monitor="val/mse", mode="min", patience=args.patience)],
         limit_train_batches=limit,
         num_sanity_val_steps=0,
+        use_distributed_sampler=not long_history,
     )
+    metrics_csv = out / "logs" / "metrics.csv"
+    earlier = metrics_csv.read_text() if (resume and metrics_csv.is_file()) else None  # the logger restarts the file
     t0 = time.perf_counter()
-    trainer.fit(module, train_dl, val_dl)
+    trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
     train_s = time.perf_counter() - t0
     best = trainer.checkpoint_callback.best_model_path or None
     result = trainer.test(module, test_dl, ckpt_path=best or None, verbose=False)[0]
-    out = Path(sub.out_dir)
+    if not trainer.is_global_zero:
+        return {}
+    if earlier is not None and metrics_csv.is_file():
+        merge_resumed_metrics(earlier, metrics_csv, start_step)
     module.model.save_pretrained(out / "model")
     plot_forecasts(module, data, out / "forecasts.png", args.plot_windows, f"{args.model}, horizon {horizon}")
-    metrics_csv = out / "logs" / "metrics.csv"
     if metrics_csv.is_file():
         plot_metrics(metrics_csv, out / "metrics.png", groups={"loss": ["train/loss"], "validation MSE": ["val/mse"]})
     n_params = sum(p.numel() for p in module.model.parameters())
-    return {
+    row = {
         "horizon": horizon,
         "mse": float(result["test/mse"]),
         "mae": float(result["test/mae"]),
@@ -341,7 +459,12 @@ def run_horizon(args, table: SeriesTable, split: str, horizon: int, cycle_len: i
         "params": n_params,
         "test_windows": len(data.test),
         "best_checkpoint": best,
+        "resumed_from_step": start_step,
     }
+    tmp = out / "result.json.tmp"
+    tmp.write_text(json.dumps(row, indent=2))
+    os.replace(tmp, out / "result.json")  # marks the horizon finished for a later --resume last
+    return row
 
 
 def format_table(rows: list[dict], model: str, dataset: str) -> str:
@@ -360,6 +483,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1") if args.hf_dataset is None else None
     with argument_errors():  # one line and exit status 2 from run_script
         horizons = parse_horizons(args.horizon)
+        check_resume(args, horizons)
+        if args.history_max and not args.seq_len <= args.history_max:
+            raise ValueError(f"--history-max: expected 0 (off) or at least --seq-len={args.seq_len} rows, got {args.history_max}")
         with argument_errors("--data" if args.data else None, aliases=("path",)):
             table, split = load_table(args)
         for h in horizons:  # fail before any training if a horizon does not fit the data
@@ -370,6 +496,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     dataset = Path(args.data).stem if args.data else (args.hf_dataset or "vic_elec")
     print(f"data: {table.source} ({table.n_rows} rows x {table.n_vars} variables), split {split}, cycle_len {cycle_len}")
     rows = [run_horizon(args, table, split, h, cycle_len) for h in horizons]
+    if not all(rows):  # a DDP worker other than rank 0: rank 0 reports and writes the files
+        return []
     table_text = format_table(rows, args.model, dataset)
     print("\n" + table_text)
     out = Path(args.out_dir)

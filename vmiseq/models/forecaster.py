@@ -3,15 +3,16 @@
 Input (B, T, N) -> forecast (B, H, N). The pipeline (every step causal, so the same function
 can be evaluated on a whole history at once or advanced one observation at a time):
 
-1. **Causal instance normalisation** (RevIN-style; ``norm="expanding"`` by default). Standard RevIN
+1. **Causal instance normalisation** (RevIN-style; ``norm="window"`` by default). Standard RevIN
    normalises a window by the mean and deviation of the whole window; a recurrent state that
    already absorbed the old tokens cannot be re-normalised when a new observation shifts those
-   statistics. So each patch token is normalised by running statistics *as they stood when
-   the token completed* (exponentially weighted, bias-corrected mean and variance, half-life
-   ``norm_halflife`` observations; ``"expanding"`` weighs the whole history equally), and the
-   forecast is de-normalised with the statistics at the last observation. The statistics are
-   three running sums per variable: O(1) to update, and the batch path computes the very same
-   sums over the same history (in float64), so both paths agree.
+   statistics. So each patch token is normalised by causal statistics *as they stood when the
+   token completed* -- by default those of the last ``seq_len`` observations, so that after
+   months of streaming the model still sees the statistics of its training windows (see
+   :mod:`vmiseq.models.forecast_norm` for "window", "expanding" and "ema") -- and the forecast
+   is de-normalised with the statistics at the last observation. The statistics are three
+   sums per variable: O(1) to update, and the batch path computes the very same sums over the
+   same history (in float64), so both paths agree.
 2. **Patching**, aligned to the *end* of the history: tokens are the ``patch_len``-long
    patches ending at T, T - stride, T - 2 stride, ... (observations before the first whole
    patch are dropped, as in the batch benchmark code). Online, the patch boundaries would move
@@ -33,12 +34,11 @@ The head reads only the last token, so the model accepts any history of at least
 ``patch_len`` observations (``seq_len`` with a linear path) and its online state never grows
 (with ``mixer="vmisa"`` or ``"gla"``; the attention baseline's KV cache grows by design).
 
-``DLinear`` (Zeng et al. 2023, the standard linear baseline) lives here too.
+``DLinear`` (Zeng et al. 2023, the standard linear baseline) is in :mod:`vmiseq.models.dlinear`.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -50,11 +50,12 @@ from torch import Tensor
 
 from ..hub import PretrainedMixin
 from ..layers import MLP, DropPath, VMISABlock
+from .dlinear import DLinear, DLinearConfig, load_scaler, save_scaler  # noqa: F401  (DLinear re-exported)
+from .forecast_norm import history_moments, moments_to_stats, running_moments, update_sums  # noqa: F401
 
-NORMS = ("ema", "expanding", "none")
+NORMS = ("window", "ema", "expanding", "none")
 MIXERS = ("vmisa", "attention", "gla")
 LINEAR_PATHS = ("average", "sum", "none")
-SCALER_FILE = "scaler.json"
 
 
 # ---------------------------------------------------------------------------- config
@@ -75,8 +76,13 @@ class ForecasterConfig:
             or "gla" (gated linear attention baseline).
         n_heads: heads of the baseline mixers.
         channel_independent: one sequence per variable (True) or one token for all (False).
-        norm: "ema" (causal exponentially weighted instance normalisation), "expanding"
-            (equal weights over the whole history) or "none".
+        norm: "window" (equal weights on the last ``norm_window`` observations: the statistics
+            a ``seq_len`` training window had, however long the history), "ema" (causal
+            exponentially weighted), "expanding" (equal weights over the whole history: after
+            a long stream these are global statistics the model never saw in training) or
+            "none". See :mod:`vmiseq.models.forecast_norm`.
+        norm_window: observations in the "window" statistics (0 = ``seq_len``; then a
+            ``seq_len`` history is normalised exactly as with "expanding").
         norm_halflife: half-life in observations of the "ema" statistics.
         norm_affine: learnable per-variable affine after normalisation (RevIN's).
         norm_eps: added to the variance.
@@ -112,7 +118,8 @@ class ForecasterConfig:
     mixer: str = "vmisa"
     n_heads: int = 4
     channel_independent: bool = True
-    norm: str = "expanding"
+    norm: str = "window"
+    norm_window: int = 0
     norm_halflife: float = 96.0
     norm_affine: bool = True
     norm_eps: float = 1e-5
@@ -137,6 +144,8 @@ class ForecasterConfig:
             raise ValueError(f"mixer: expected one of {MIXERS}, got {self.mixer!r}")
         if self.norm not in NORMS:
             raise ValueError(f"norm: expected one of {NORMS}, got {self.norm!r}")
+        if not isinstance(self.norm_window, int) or isinstance(self.norm_window, bool) or self.norm_window < 0:
+            raise ValueError(f"norm_window: expected an int >= 0 (0 = seq_len), got {self.norm_window!r}")
         if self.norm == "ema" and not (self.norm_halflife > 0):
             raise ValueError(f"norm_halflife: expected a positive number of observations, got {self.norm_halflife!r}")
         if self.seq_len < self.patch_len:
@@ -164,51 +173,16 @@ class ForecasterConfig:
         return cls(**d)
 
     @property
+    def stats_window(self) -> int:
+        """Observations in the "window" statistics (``norm_window``, or ``seq_len`` when 0)."""
+        return self.norm_window or self.seq_len
+
+    @property
     def decay_factor(self) -> float:
         """Per-observation weight factor lambda of the running statistics (1 = expanding)."""
         if self.norm == "ema":
             return 0.5 ** (1.0 / self.norm_halflife)
         return 1.0
-
-
-# ---------------------------------------------------------------------------- running statistics
-def running_moments(x: Tensor, lam: float, chunk: int = 256) -> tuple[Tensor, Tensor, Tensor]:
-    """Exponentially weighted running sums over time, all in float64.
-
-    For x (B, T, N) returns S0 (T,), S1 (B, T, N), S2 (B, T, N) with
-    ``S0_t = sum_{s<=t} lam^(t-s)``, ``S1_t = sum lam^(t-s) x_s``, ``S2_t = sum lam^(t-s) x_s^2`` --
-    the same numbers :meth:`VMISAForecaster.update` accumulates one observation at a time.
-    Computed chunk by chunk (a (C, C) weight matrix per chunk plus the carried sums), so no
-    power of lam ever over- or underflows, whatever T.
-    """
-    B, T, N = x.shape
-    xd = x.to(torch.float64)
-    feats = torch.cat([xd, xd * xd], dim=-1)  # (B, T, 2N)
-    C = min(chunk, T)
-    i = torch.arange(C, device=x.device, dtype=torch.float64)
-    diff = i.view(-1, 1) - i.view(1, -1)
-    W = torch.where(diff >= 0, torch.as_tensor(lam, dtype=torch.float64).pow(diff.clamp(min=0)), torch.zeros((), dtype=torch.float64))
-    carry_w = torch.as_tensor(lam, dtype=torch.float64).pow(i + 1)  # lam^(t - c0 + 1)
-    out = torch.empty(B, T, 2 * N, dtype=torch.float64, device=x.device)
-    s0 = torch.empty(T, dtype=torch.float64, device=x.device)
-    carry = torch.zeros(B, 2 * N, dtype=torch.float64, device=x.device)
-    carry0 = torch.zeros((), dtype=torch.float64, device=x.device)
-    for c0 in range(0, T, C):
-        n = min(C, T - c0)
-        Wc = W[:n, :n]
-        local = torch.einsum("ts,bsf->btf", Wc, feats[:, c0 : c0 + n])
-        out[:, c0 : c0 + n] = local + carry_w[:n].view(1, n, 1) * carry.unsqueeze(1)
-        s0[c0 : c0 + n] = Wc.sum(1) + carry_w[:n] * carry0
-        carry = out[:, c0 + n - 1]
-        carry0 = s0[c0 + n - 1]
-    return s0, out[..., :N], out[..., N:]
-
-
-def moments_to_stats(s0: Tensor, s1: Tensor, s2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """Weighted mean and standard deviation (float64) from the running sums."""
-    mean = s1 / s0
-    var = (s2 / s0 - mean * mean).clamp(min=0.0)
-    return mean, torch.sqrt(var + eps)
 
 
 # ---------------------------------------------------------------------------- blocks
@@ -274,13 +248,16 @@ class ForecasterState:
 
     Attributes:
         count: observations seen so far (the same for every series of the batch).
-        buffer: (B, K, N) the last K observations (raw), oldest first; K = patch_len, or
-            max(patch_len, seq_len) with a linear path.
+        buffer: (B, K, N) the last K observations (raw), oldest first; K =
+            :attr:`VMISAForecaster.buffer_len` (the patch, the linear path's window, the
+            window of the "window" statistics).
         s0: () float64 running weight sum; s1, s2: (B, N) float64 running sums of x and x^2.
         phases: ``stride`` lists (one per phase T mod stride) of per-layer mixer states.
         last_hidden: (B', d_model) features of the newest token (None before the first patch).
         last_mean / last_std: (B, N) float64 statistics at the newest observation.
         start: (B,) absolute time index of the first observation (with a cycle), else None.
+        signature: the settings of the model that made the state (checked by ``update`` and
+            ``forecast``: a state from another model is an error, not a wrong forecast).
     """
 
     count: int
@@ -293,6 +270,7 @@ class ForecasterState:
     last_mean: Optional[Tensor] = None
     last_std: Optional[Tensor] = None
     start: Optional[Tensor] = None
+    signature: Optional[dict] = None
 
     @property
     def batch_size(self) -> int:
@@ -356,6 +334,13 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         """Fewest observations a forecast needs."""
         cfg = self.config
         return max(cfg.patch_len, cfg.seq_len) if cfg.linear_path != "none" else cfg.patch_len
+
+    @property
+    def buffer_len(self) -> int:
+        """Raw observations the online state keeps: the last patch, the linear path's window,
+        and the window of the "window" statistics (the observation leaving it is subtracted)."""
+        cfg = self.config
+        return max(self.min_history, cfg.stats_window if cfg.norm == "window" else 0)
 
     def _check_start(self, start, batch: int, device) -> Optional[Tensor]:
         """The (B,) absolute time index of the first observation (needed with a cycle)."""
@@ -454,14 +439,18 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         return y * std.to(y.dtype).unsqueeze(1) + mean.to(y.dtype).unsqueeze(1)
 
     # ------------------------------------------------------------------ batch
-    def forward(self, x: Tensor, start=None, return_branches: bool = False):
+    def forward(self, x: Tensor, start=None, return_branches: bool = False, grad_tokens: Optional[int] = None):
         """Forecast the next ``pred_len`` steps after each history: (B, T, N) -> (B, H, N).
 
         ``start``: absolute time index of ``x[:, 0]`` (an int or (B,) integers); only used, and
         then required, with ``cycle_len > 0``. ``return_branches`` (linear_path="average"):
         return ``(forecast, {"blocks": ..., "linear": ...})``, for training each path on its
-        own loss.
+        own loss. ``grad_tokens`` (training on long histories): run all but the last
+        ``grad_tokens`` tokens without autograd and pass their state on (truncated
+        backpropagation; the forecast is the same, the cost of the prefix is a forward only).
         """
+        if grad_tokens is not None and (isinstance(grad_tokens, bool) or not isinstance(grad_tokens, int) or grad_tokens <= 0):
+            raise ValueError(f"grad_tokens: expected a positive int or None, got {grad_tokens!r}")
         self._check_history(x)
         cfg = self.config
         B, T, N = x.shape
@@ -472,7 +461,7 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         patches = x[:, first:].unfold(1, P, S)  # (B, n, N, P)
         mean = std = None
         if cfg.norm != "none":
-            s0, s1, s2 = running_moments(x, cfg.decay_factor)
+            s0, s1, s2 = history_moments(x, cfg.norm, cfg.decay_factor, cfg.stats_window)
             mean_all, std_all = moments_to_stats(s0.view(1, T, 1), s1, s2, cfg.norm_eps)
             ends = first + P - 1 + S * torch.arange(n, device=x.device)  # last observation of each token
             mean, std = mean_all[:, ends], std_all[:, ends]  # (B, n, N)
@@ -480,14 +469,78 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         if start is not None:  # remove the learned cycle at each observation's time index
             idx = start.view(B, 1, 1) + first + S * torch.arange(n, device=x.device).view(1, n, 1) + torch.arange(P, device=x.device)
             z = z - self._cycle_at(idx).permute(0, 1, 3, 2)  # (B, n, P, N) -> (B, n, N, P)
-        h = self._tokens(z)
-        for block in self.blocks:
-            h = block(h)
+        h = self._run_blocks(z, grad_tokens)
         last_mean = None if mean is None else mean[:, -1]
         last_std = None if std is None else std[:, -1]
         window = x[:, T - cfg.seq_len :] if cfg.linear_path != "none" else None
         next_index = None if start is None else start + T
         return self._decode(h[:, -1], last_mean, last_std, B, next_index, window, return_branches)
+
+    def _run_blocks(self, z: Tensor, grad_tokens: Optional[int]) -> Tensor:
+        """Normalised patches (B, n, N, P) -> the block stack's features (B', n', d); with
+        ``grad_tokens`` only the last tokens are kept, the rest ran under ``no_grad``."""
+        n = z.shape[1]
+        states = [None] * len(self.blocks)
+        if grad_tokens is not None and n > grad_tokens:
+            with torch.no_grad():
+                h = self._tokens(z[:, : n - grad_tokens])
+                for i, block in enumerate(self.blocks):
+                    h, states[i] = block(h, None, output_state=True)
+            z = z[:, n - grad_tokens :]
+        h = self._tokens(z)
+        for block, state in zip(self.blocks, states):
+            h = block(h) if state is None else block(h, state)
+        return h
+
+    @torch.no_grad()
+    def forecast_prefixes(self, x: Tensor, ends: Tensor, start=None) -> Tensor:
+        """The forecast after each prefix ``x[:, :e]`` for ``e`` in ``ends``: (len(ends), H, N) for
+        one series x (1, T, N) -- what :meth:`update` then :meth:`forecast` give after ``e``
+        observations, for every end of a long stream at once.
+
+        Causality makes this one pass per phase: the prefixes whose ends share ``e mod stride``
+        cut the same tokens, so one run of the blocks over the longest of them holds every
+        shorter prefix's last token (tested equal to ``forward(x[:, :e])``).
+        """
+        self._check_history(x)
+        cfg = self.config
+        if x.shape[0] != 1:
+            raise ValueError(f"x: expected one series (1, T, N), got batch {x.shape[0]}")
+        ends = torch.as_tensor(ends, dtype=torch.long).flatten()
+        if ends.numel() == 0 or int(ends.min()) < self.min_history or int(ends.max()) > x.shape[1]:
+            raise ValueError(f"ends: expected prefix lengths in [{self.min_history}, {x.shape[1]}], got {ends.tolist()[:5]}...")
+        start = self._check_start(start, 1, x.device)
+        P, S, N = cfg.patch_len, cfg.stride, cfg.n_vars
+        mean_all = std_all = None
+        if cfg.norm != "none":
+            s0, s1, s2 = history_moments(x, cfg.norm, cfg.decay_factor, cfg.stats_window)
+            mean_all, std_all = moments_to_stats(s0.view(1, -1, 1), s1, s2, cfg.norm_eps)
+        out = torch.empty(ends.numel(), cfg.pred_len, N, dtype=x.dtype, device=x.device)
+        for phase in torch.unique(ends % S).tolist():
+            pick = (ends % S == phase).nonzero().flatten()
+            T = int(ends[pick].max())
+            n = (T - P) // S + 1
+            first = T - (n - 1) * S - P
+            patches = x[:, first:T].unfold(1, P, S)  # (1, n, N, P)
+            tok_end = first + P - 1 + S * torch.arange(n, device=x.device)
+            mean = None if mean_all is None else mean_all[:, tok_end]
+            std = None if std_all is None else std_all[:, tok_end]
+            z = self._normalise(patches, mean, std)
+            if start is not None:
+                idx = start.view(1, 1, 1) + first + S * torch.arange(n, device=x.device).view(1, n, 1) + torch.arange(P, device=x.device)
+                z = z - self._cycle_at(idx).permute(0, 1, 3, 2)
+            h = self._run_blocks(z, None)  # (N or 1, n, d)
+            e = ends[pick]
+            k = (e - 1 - tok_end[0]) // S  # the token each prefix ends with
+            h_last = h[:, k].transpose(0, 1).reshape(e.numel() * h.shape[0], -1)
+            window = None
+            if cfg.linear_path != "none":
+                window = x[0][e.view(-1, 1) - cfg.seq_len + torch.arange(cfg.seq_len, device=x.device)]
+            next_index = None if start is None else start[0] + e
+            m = None if mean_all is None else mean_all[0, e - 1]
+            sd = None if std_all is None else std_all[0, e - 1]
+            out[pick] = self._decode(h_last, m, sd, e.numel(), next_index, window)
+        return out
 
     # ------------------------------------------------------------------ online
     def init_state(self, batch_size: int, device=None, dtype=None, start=None) -> ForecasterState:
@@ -502,17 +555,50 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         device = device if device is not None else ref.device
         start = self._check_start(start, batch_size, device)
         dtype = dtype if dtype is not None else ref.dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype: expected a floating-point torch.dtype (e.g. torch.float32), got {dtype!r}")
         inner_batch = batch_size * cfg.n_vars if cfg.channel_independent else batch_size
         phases = [[blk.init_state(inner_batch, device, dtype) for blk in self.blocks] for _ in range(cfg.stride)]
         return ForecasterState(
             count=0,
-            buffer=torch.zeros(batch_size, self.min_history, cfg.n_vars, device=device, dtype=dtype),
+            buffer=torch.zeros(batch_size, self.buffer_len, cfg.n_vars, device=device, dtype=dtype),
             s0=torch.zeros((), dtype=torch.float64, device=device),
             s1=torch.zeros(batch_size, cfg.n_vars, dtype=torch.float64, device=device),
             s2=torch.zeros(batch_size, cfg.n_vars, dtype=torch.float64, device=device),
             phases=phases,
             start=start,
+            signature=self._state_signature(),
         )
+
+    _SIGNATURE_FIELDS = (
+        "n_vars", "patch_len", "stride", "seq_len", "pred_len", "n_layers", "d_model", "expand", "mixer",
+        "channel_independent", "linear_path", "norm", "cycle_len",
+    )  # fmt: skip
+
+    def _state_signature(self) -> dict:
+        cfg = self.config
+        sig = {name: getattr(cfg, name) for name in self._SIGNATURE_FIELDS}
+        sig["norm_window"] = cfg.stats_window if cfg.norm == "window" else None
+        sig["decay_factor"] = cfg.decay_factor
+        return sig
+
+    def _check_state(self, state) -> None:
+        """A state made by :meth:`init_state` of a model with these settings, else a clear error."""
+        if not isinstance(state, ForecasterState):
+            raise TypeError(f"state: expected a ForecasterState from init_state, got {type(state).__name__}")
+        if not isinstance(state.signature, dict):
+            raise ValueError("state: expected a ForecasterState from this model's init_state, got one without model settings")
+        for name, want in self._state_signature().items():
+            got = state.signature.get(name)
+            if got != want:
+                raise ValueError(
+                    f"state: expected a state of a model with {name}={want!r} (this model), "
+                    f"got one made by a model with {name}={got!r}"
+                )
+        want_shape = (state.batch_size, self.buffer_len, self.config.n_vars)
+        if not isinstance(state.buffer, Tensor) or tuple(state.buffer.shape) != want_shape:
+            got = tuple(state.buffer.shape) if isinstance(state.buffer, Tensor) else type(state.buffer).__name__
+            raise ValueError(f"state.buffer: expected shape (B, K, N) = {want_shape}, got {got}")
 
     @torch.no_grad()
     def update(self, observation: Tensor, state: ForecasterState) -> ForecasterState:
@@ -522,24 +608,25 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
         the block stack for the phase whose patch this observation completes.
         """
         cfg = self.config
-        if not isinstance(state, ForecasterState):
-            raise TypeError(f"state: expected a ForecasterState from init_state, got {type(state).__name__}")
+        self._check_state(state)
         B = state.batch_size
         if not isinstance(observation, Tensor) or tuple(observation.shape) != (B, cfg.n_vars):
             shape = tuple(observation.shape) if isinstance(observation, Tensor) else type(observation).__name__
             raise ValueError(f"observation: expected shape (B, N) = {(B, cfg.n_vars)}, got {shape}")
-        if not torch.isfinite(observation).all():
-            raise ValueError("observation: expected finite values, got NaN or inf")
-        obs = observation.to(state.buffer.dtype)
-        lam = cfg.decay_factor
-        od = observation.to(torch.float64)
-        s0 = state.s0 * lam + 1.0
-        s1 = state.s1 * lam + od
-        s2 = state.s2 * lam + od * od
+        obs = observation.to(state.buffer.dtype)  # cast first: a value beyond the dtype's range becomes inf here
+        if not torch.isfinite(obs).all():
+            bad = observation[~torch.isfinite(obs)][0].item()
+            raise ValueError(f"observation: expected finite values representable in {obs.dtype}, got {bad!r}")
+        od = obs.to(torch.float64)  # the sums see exactly the values the buffer keeps (as the batch path)
+        leaving = None
+        if cfg.norm == "window" and state.count >= cfg.stats_window:
+            leaving = state.buffer[:, state.buffer.shape[1] - cfg.stats_window].to(torch.float64)
+        s0, s1, s2 = update_sums((state.s0, state.s1, state.s2), od, leaving, cfg.decay_factor)
         buffer = torch.cat([state.buffer[:, 1:], obs.unsqueeze(1)], dim=1)
         count = state.count + 1
         new = ForecasterState(
-            count, buffer, s0, s1, s2, state.phases, state.last_hidden, state.last_mean, state.last_std, state.start
+            count, buffer, s0, s1, s2, state.phases, state.last_hidden, state.last_mean, state.last_std, state.start,
+            state.signature,
         )
         if count < cfg.patch_len:
             return new
@@ -565,8 +652,7 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
     @torch.no_grad()
     def forecast(self, state: ForecasterState) -> Tensor:
         """The next ``pred_len`` steps after the observations fed so far: (B, H, N)."""
-        if not isinstance(state, ForecasterState):
-            raise TypeError(f"state: expected a ForecasterState from init_state, got {type(state).__name__}")
+        self._check_state(state)
         cfg = self.config
         if state.last_hidden is None or state.count < self.min_history:
             what = f"seq_len (linear_path={cfg.linear_path!r})" if cfg.linear_path != "none" else "patch_len"
@@ -579,89 +665,9 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
 
     # ------------------------------------------------------------------ save / load
     def _save_extra(self, directory: Path) -> None:
-        if self.scaler is not None:
-            (directory / SCALER_FILE).write_text(json.dumps(self.scaler.to_dict()))
+        save_scaler(self, directory)
 
     def _load_extra(self, directory: Path) -> None:
-        path = directory / SCALER_FILE
-        if path.is_file():
-            from ..data_timeseries import StandardScaler
-            from ..hub import read_json
-
-            d = read_json(directory, SCALER_FILE)
-            n = self.config.n_vars
-            ok = isinstance(d, dict) and all(
-                isinstance(d.get(k), list) and len(d[k]) == n and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in d[k])
-                for k in ("mean", "std")
-            )
-            if not ok or not all(x > 0 for x in d["std"]):
-                raise ValueError(
-                    f"{SCALER_FILE}: expected {{'mean': [{n} numbers], 'std': [{n} positive numbers]}} (n_vars={n}) "
-                    f"in {str(directory)!r}, got {json.dumps(d)[:200]}"
-                )
-            self.scaler = StandardScaler.from_dict(d)
+        load_scaler(self, directory)
 
 
-# ---------------------------------------------------------------------------- DLinear baseline
-@dataclass
-class DLinearConfig:
-    """DLinear (Zeng et al., AAAI 2023): moving-average trend + remainder, one linear map each."""
-
-    n_vars: int = 7
-    seq_len: int = 96
-    pred_len: int = 96
-    kernel_size: int = 25
-    individual: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("n_vars", "seq_len", "pred_len", "kernel_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-
-
-class DLinear(PretrainedMixin, nn.Module):
-    """The official DLinear: series decomposition by a replicate-padded moving average, then
-    ``Linear(seq_len -> pred_len)`` on the seasonal and trend parts (shared across variables
-    unless ``individual``), summed. Input (B, seq_len, N) -> (B, pred_len, N).
-    """
-
-    config_class = DLinearConfig
-
-    def __init__(self, config: Optional[DLinearConfig] = None, **kwargs: Any) -> None:
-        super().__init__()
-        if config is None:
-            config = DLinearConfig(**kwargs)
-        self.config = cfg = config
-        self.scaler = None
-        L, H = cfg.seq_len, cfg.pred_len
-        n = cfg.n_vars if cfg.individual else 1
-        self.seasonal = nn.ModuleList([nn.Linear(L, H) for _ in range(n)])
-        self.trend = nn.ModuleList([nn.Linear(L, H) for _ in range(n)])
-        for lin in (*self.seasonal, *self.trend):  # the official initialisation: an average
-            nn.init.constant_(lin.weight, 1.0 / L)
-
-    def decompose(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x (B, L, N) -> (seasonal, trend), trend = moving average with replicated ends."""
-        k = self.config.kernel_size
-        front = x[:, :1].repeat(1, (k - 1) // 2, 1)
-        back = x[:, -1:].repeat(1, (k - 1) // 2, 1)
-        padded = torch.cat([front, x, back], dim=1)
-        trend = F.avg_pool1d(padded.transpose(1, 2), kernel_size=k, stride=1).transpose(1, 2)
-        return x - trend, trend
-
-    def forward(self, x: Tensor) -> Tensor:
-        cfg = self.config
-        if not isinstance(x, Tensor) or x.dim() != 3 or tuple(x.shape[1:]) != (cfg.seq_len, cfg.n_vars):
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x: expected shape (B, seq_len, N) = (B, {cfg.seq_len}, {cfg.n_vars}), got {shape}")
-        seasonal, trend = self.decompose(x)
-        s, t = seasonal.transpose(1, 2), trend.transpose(1, 2)  # (B, N, L)
-        if cfg.individual:
-            out = torch.stack([self.seasonal[i](s[:, i]) + self.trend[i](t[:, i]) for i in range(cfg.n_vars)], dim=1)
-        else:
-            out = self.seasonal[0](s) + self.trend[0](t)
-        return out.transpose(1, 2)
-
-    _save_extra = VMISAForecaster._save_extra
-    _load_extra = VMISAForecaster._load_extra
