@@ -87,7 +87,9 @@ def mixers(dim: int, names: Sequence[str] | None = None) -> list[Mixer]:
                 opts = ((key, value),) + ((("max_len", MAX_LEN),) if value == "position" else ())
                 out.append(Mixer(f"vmisa {key}={value}", "vmisa", opts))
     expand = gla_state_expand(dim)
-    out += [Mixer(f"vmisa expand={expand}", "vmisa", (("expand", expand),)), Mixer("gla", "gla"), Mixer("attention", "attention")]
+    if expand != default.expand:
+        out.append(Mixer(f"vmisa expand={expand}", "vmisa", (("expand", expand),)))
+    out += [Mixer("gla", "gla"), Mixer("attention", "attention")]
     if names is not None:
         unknown = set(names) - {m.name for m in out}
         if unknown:
@@ -129,12 +131,12 @@ def evaluate(model: VMISAForCausalLM, task: SyntheticTask, sequences: int, seed:
 
 def train(model: VMISAForCausalLM, tasks: Sequence[SyntheticTask], budget: Budget, seed: int) -> dict:
     """Train on ``tasks`` (one task a step, in turn) until every one scores >= stop_at on its
-    validation batches or the step budget is spent. Returns steps, seconds, last loss."""
+    validation batches or the step budget is spent. Returns steps, wall and CPU seconds, last loss."""
     opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=0.1, betas=(0.9, 0.98))
-    sched = cosine_with_warmup(opt, max(1, budget.steps // 20), budget.steps, min_lr_ratio=0.1)
+    sched = cosine_with_warmup(opt, max(1, budget.steps // 20), budget.steps, min_lr_ratio=0.1, warmup_start_ratio=0.1)
     streams = [t.batches(budget.batch_size(t), seed=seed + i) for i, t in enumerate(tasks)]
     val_sequences = max(32, 64 // len(tasks))
-    t0, step, loss = time.perf_counter(), 0, float("nan")
+    t0, cpu0, step, loss = time.perf_counter(), time.process_time(), 0, float("nan")
     model.train()
     while step < budget.steps:
         batch = next(streams[step % len(streams)])
@@ -147,7 +149,7 @@ def train(model: VMISAForCausalLM, tasks: Sequence[SyntheticTask], budget: Budge
         step, loss = step + 1, out.loss.item()
         if step % budget.eval_every == 0 and all(evaluate(model, t, val_sequences, VAL_SEED) >= budget.stop_at for t in tasks):
             break
-    return {"steps": step, "seconds": time.perf_counter() - t0, "final_loss": loss}
+    return {"steps": step, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0, "final_loss": loss}
 
 
 def state_bytes(model: VMISAForCausalLM, seq_len: int) -> int:
