@@ -27,9 +27,12 @@ the model's own streaming state (``LMState.nbytes``) after a sequence of the tas
 from __future__ import annotations
 
 import argparse
-import math
+import multiprocessing as mp
+import os
+import resource
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -164,7 +167,7 @@ class Plan:
     """The grid: widths, MQAR cells, copy distances and the other tasks' sizes."""
 
     widths: tuple = (64, 128, 256)
-    width_mixers: tuple = ("vmisa", "gla", "attention")  # the mixers run at widths > 64
+    width_mixers: tuple = ("vmisa", "gla")  # the mixers run (MQAR only) at the wider widths
     seq_lens: tuple = (64, 128, 256, 512)
     pairs: tuple = (4, 8, 16, 32, 64)
     mqar_vocab: int = 256
@@ -179,39 +182,48 @@ class Plan:
         return [MQAR(L, N, self.mqar_vocab) for L in self.seq_lens for N in self.pairs if 4 * N <= L]
 
 
+def _fit(mixer: Mixer, dim: int, tasks: Sequence[SyntheticTask], budget: Budget, seed: int) -> tuple[VMISAForCausalLM, dict]:
+    """A fresh model (same seed for every mixer and task) trained on ``tasks``."""
+    torch.manual_seed(seed)
+    model = mixer.build(dim, tasks[0].vocab_size)
+    return model, train(model, tasks, budget, seed)
+
+
+def _log(mixer: Mixer, dim: int, what: str, run: dict, acc: float) -> None:
+    print(f"  {mixer.name} w{dim} {what}: {run['steps']} steps, {run['cpu_seconds']:.0f} s CPU, accuracy {acc:.3f}", flush=True)
+
+
 def run_mixer(mixer: Mixer, dim: int, plan: Plan, budget: Budget, seed: int, full_suite: bool) -> dict:
     """Every task for one (mixer, width); ``full_suite`` False runs MQAR only."""
     res: dict = {"mixer": mixer.name, "kind": mixer.kind, "options": dict(mixer.options), "width": dim}
-    torch.manual_seed(seed)
     cells = plan.mqar_cells()
-    model = mixer.build(dim, plan.mqar_vocab)
+    model, res["mqar_train"] = _fit(mixer, dim, cells, budget, seed)
     res["params"] = model.num_parameters(non_embedding=True)
-    res["mqar_train"] = train(model, cells, budget, seed)
     res["mqar"] = [{"seq_len": c.seq_len, "pairs": c.num_pairs, "accuracy": evaluate(model, c, budget.test_sequences, TEST_SEED)} for c in cells]
     res["mqar_mean"] = sum(c["accuracy"] for c in res["mqar"]) / len(cells)
     res["state_bytes"] = {L: state_bytes(model, L) for L in plan.seq_lens}
+    _log(mixer, dim, "MQAR (mean of cells)", res["mqar_train"], res["mqar_mean"])
     if not full_suite:
         return res
-    torch.manual_seed(seed)
-    model = mixer.build(dim, plan.selective.vocab_size)
-    run = train(model, [plan.selective], budget, seed)
+    model, run = _fit(mixer, dim, [plan.selective], budget, seed)
     res["selective_copy"] = dict(run, accuracy=evaluate(model, plan.selective, budget.test_sequences, TEST_SEED))
-    torch.manual_seed(seed)
+    _log(mixer, dim, "selective copy", run, res["selective_copy"]["accuracy"])
     ind = InductionHeads(plan.induction_len, plan.small_vocab)
-    model = mixer.build(dim, plan.small_vocab)
-    run = train(model, [ind], budget, seed)
-    res["induction"] = dict(run, accuracy=evaluate(model, ind, budget.test_sequences, TEST_SEED))
-    res["induction"]["accuracy_4x"] = evaluate(model, InductionHeads(4 * plan.induction_len, plan.small_vocab), budget.test_sequences, TEST_SEED)
+    model, run = _fit(mixer, dim, [ind], budget, seed)
+    long = InductionHeads(4 * plan.induction_len, plan.small_vocab)
+    res["induction"] = dict(run, accuracy=evaluate(model, ind, budget.test_sequences, TEST_SEED),
+                            accuracy_4x=evaluate(model, long, budget.test_sequences, TEST_SEED))
+    _log(mixer, dim, "induction", run, res["induction"]["accuracy"])
     res["copy"], chance = [], 1.0 / plan.small_vocab
     for d in plan.distances:
-        task = CopyAtDistance(d, d + plan.copy_span, plan.small_vocab)
-        if res["copy"] and res["copy"][-1]["accuracy"] <= 2 * chance:
-            res["copy"].append({"distance": d, "accuracy": None, "skipped": f"<= 2x chance at distance {res['copy'][-1]['distance']}"})
+        failed = [c["distance"] for c in res["copy"] if c["accuracy"] is not None and c["accuracy"] <= 2 * chance]
+        if failed:  # a delay line it cannot hold at d, it cannot hold at 2d: save the budget
+            res["copy"].append({"distance": d, "accuracy": None, "skipped": f"<= 2x chance at distance {failed[0]}"})
             continue
-        torch.manual_seed(seed)
-        model = mixer.build(dim, plan.small_vocab)
-        run = train(model, [task], budget, seed)
+        task = CopyAtDistance(d, d + plan.copy_span, plan.small_vocab)
+        model, run = _fit(mixer, dim, [task], budget, seed)
         res["copy"].append(dict(run, distance=d, accuracy=evaluate(model, task, budget.test_sequences, TEST_SEED)))
+        _log(mixer, dim, f"copy d={d}", run, res["copy"][-1]["accuracy"])
     return res
 
 
@@ -247,6 +259,26 @@ def summary_rows(results: list[dict]) -> list[dict]:
     return rows
 
 
+def _job(args: tuple) -> dict:
+    mixer, dim, full_suite, plan, budget, seed, threads, t0 = args
+    torch.set_num_threads(threads)
+    r = run_mixer(mixer, dim, plan, budget, seed, full_suite)
+    print(f"[{time.perf_counter() - t0:7.0f}s] {mixer.name} width {dim}: MQAR mean {r['mqar_mean']:.3f}", flush=True)
+    return r
+
+
+def run_jobs(jobs: list, plan: Plan, budget: Budget, seed: int, workers: int, threads: int, t0: float) -> list[dict]:
+    """``run_mixer`` for every (mixer, width, full_suite); ``workers`` > 1 runs them in that
+    many processes, widest and full-suite jobs first (results keep the order of ``jobs``)."""
+    args = [(m, w, full, plan, budget, seed, threads, t0) for m, w, full in jobs]
+    if workers <= 1:
+        return [_job(a) for a in progress(args, desc="mixers")]
+    order = sorted(range(len(args)), key=lambda i: (-args[i][1], not args[i][2]))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {i: pool.submit(_job, args[i]) for i in order}
+        return [futures[i].result() for i in range(len(args))]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run under 2 minutes (tiny grid, 30 steps)")
@@ -257,7 +289,8 @@ def main(argv=None) -> None:
     p.add_argument("--tokens-per-step", type=int, default=None, help="tokens per training step (default: 2048)")
     p.add_argument("--eval-every", type=int, default=None, help="early-stop check interval (default: 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of every model and task stream (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=1, help="(mixer, width) jobs run in parallel processes (default: %(default)s)")
     p.add_argument("--out", default=None, help="results JSON (default: results/capability.json; quick: capability_quick.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -275,18 +308,15 @@ def main(argv=None) -> None:
     out = Path(args.out) if args.out else RESULTS_DIR / ("capability_quick.json" if args.quick else "capability.json")
     start_machine = machine_info()
     t0, cpu0 = time.perf_counter(), time.process_time()
-    jobs = [(m, plan.widths[0], True) for m in mixers(plan.widths[0], names)]
+    jobs = [(m, plan.widths[0], not m.name.startswith("vmisa expand=")) for m in mixers(plan.widths[0], names)]
     for w in plan.widths[1:]:
-        jobs += [(m, w, False) for m in mixers(w, names) if m.name in plan.width_mixers or m.name.startswith("vmisa expand=")]
-    results = []
-    for mixer, dim, full_suite in progress(jobs, desc="mixers"):
-        r = run_mixer(mixer, dim, plan, budget, args.seed, full_suite)
-        results.append(r)
-        print(f"[{time.perf_counter() - t0:7.0f}s] {mixer.name} width {dim}: MQAR mean {r['mqar_mean']:.3f}", flush=True)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        jobs += [(m, w, False) for m in mixers(w, names) if m.name in plan.width_mixers]
+    results = run_jobs(jobs, plan, budget, args.seed, args.jobs, args.threads, t0)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0 + children.ru_utime + children.ru_stime
     table = print_table(summary_rows(results), title=f"Capability map ({wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU)")
     pngs = plot_all(results, out.with_suffix(""))
-    write_json(out, results, args, plan=str(plan), budget=vars(budget), wall_seconds=wall, cpu_seconds=cpu, machine_at_start=start_machine,
+    write_json(out, results, args, plan=str(plan), budget=vars(budget), wall_seconds=wall, cpu_seconds=cpu, machine_at_start=start_machine, loadavg_at_end=list(os.getloadavg()),
                table=table, plots=[str(p) for p in pngs])
 
 
