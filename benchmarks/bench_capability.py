@@ -27,6 +27,7 @@ the model's own streaming state (``LMState.nbytes``) after a sequence of the tas
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import resource
@@ -291,9 +292,17 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every model and task stream (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=1, help="(mixer, width) jobs run in parallel processes (default: %(default)s)")
+    p.add_argument("--replot", default=None, metavar="JSON", help="redraw the table and plots of a results JSON and exit")
     p.add_argument("--out", default=None, help="results JSON (default: results/capability.json; quick: capability_quick.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.replot:
+        results = json.loads(Path(args.replot).read_text())["results"]
+        for r in results:  # JSON keys are strings
+            r["state_bytes"] = {int(k): v for k, v in r["state_bytes"].items()}
+        print_table(summary_rows(results), title="Capability map")
+        plot_all(results, Path(args.replot).with_suffix(""))
+        return
     if args.list:
         print("\n".join(m.name for m in mixers(64)))
         return

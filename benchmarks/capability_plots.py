@@ -38,7 +38,7 @@ def plot_mqar(results: list[dict], path: Path) -> Path:
     n = len(results)
     cols = min(4, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.8 * rows), squeeze=False, constrained_layout=True)
     for ax, r in zip(axes.flat, results):
         acc = {(c["seq_len"], c["pairs"]): c["accuracy"] for c in r["mqar"]}
         im = _heat(ax, [[acc.get((L, N)) for N in pairs] for L in lens], lens, pairs, f"{r['mixer']} (width {r['width']})")
@@ -47,7 +47,7 @@ def plot_mqar(results: list[dict], path: Path) -> Path:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.6, label="MQAR accuracy")
-    fig.suptitle("MQAR accuracy per cell (one model per mixer and width, trained on the mixture of cells)")
+    fig.suptitle("MQAR test accuracy per cell (one model per mixer and width, trained on all cells)")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     print(f"wrote {path}")
@@ -87,6 +87,7 @@ def plot_state(results: list[dict], path: Path) -> Path:
         for b, a, w in pts:
             ax.annotate(f"w{w}", (b, a), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.set_xscale("log", base=2)
+    ax.set_ylim(-0.02, 1.02)  # the whole accuracy range: chance-level runs must look like it
     ax.set_xlabel(f"state bytes per sequence (after {L} tokens; attention: its KV cache)")
     ax.set_ylabel("MQAR accuracy (mean over cells)")
     ax.set_title("Recall per byte of state")
