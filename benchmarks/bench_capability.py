@@ -33,7 +33,7 @@ import os
 import resource
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -106,8 +106,8 @@ def mixers(dim: int, names: Sequence[str] | None = None) -> list[Mixer]:
 class Budget:
     """How long each model trains (see the module docstring)."""
 
-    steps: int = 600
-    tokens_per_step: int = 2048
+    steps: int = 200
+    tokens_per_step: int = 1536
     lr: float = 3e-3
     eval_every: int = 100
     stop_at: float = 0.99
@@ -194,37 +194,53 @@ def _log(mixer: Mixer, dim: int, what: str, run: dict, acc: float) -> None:
     print(f"  {mixer.name} w{dim} {what}: {run['steps']} steps, {run['cpu_seconds']:.0f} s CPU, accuracy {acc:.3f}", flush=True)
 
 
+PARTS = ("mqar", "selective", "induction", "copy")
+
+
+def run_part(mixer: Mixer, dim: int, part: str, plan: Plan, budget: Budget, seed: int) -> dict:
+    """One task family (``PARTS``) for one (mixer, width): the result fields it fills."""
+    res: dict = {}
+    if part == "mqar":
+        cells = plan.mqar_cells()
+        model, res["mqar_train"] = _fit(mixer, dim, cells, budget, seed)
+        res["params"] = model.num_parameters(non_embedding=True)
+        res["mqar"] = [{"seq_len": c.seq_len, "pairs": c.num_pairs, "accuracy": evaluate(model, c, budget.test_sequences, TEST_SEED)}
+                       for c in cells]
+        res["mqar_mean"] = sum(c["accuracy"] for c in res["mqar"]) / len(cells)
+        res["state_bytes"] = {L: state_bytes(model, L) for L in plan.seq_lens}
+        _log(mixer, dim, "MQAR (mean of cells)", res["mqar_train"], res["mqar_mean"])
+    elif part == "selective":
+        model, run = _fit(mixer, dim, [plan.selective], budget, seed)
+        res["selective_copy"] = dict(run, accuracy=evaluate(model, plan.selective, budget.test_sequences, TEST_SEED))
+        _log(mixer, dim, "selective copy", run, res["selective_copy"]["accuracy"])
+    elif part == "induction":
+        ind = InductionHeads(plan.induction_len, plan.small_vocab)
+        model, run = _fit(mixer, dim, [ind], budget, seed)
+        long = InductionHeads(4 * plan.induction_len, plan.small_vocab)
+        res["induction"] = dict(run, accuracy=evaluate(model, ind, budget.test_sequences, TEST_SEED),
+                                accuracy_4x=evaluate(model, long, budget.test_sequences, TEST_SEED))
+        _log(mixer, dim, "induction", run, res["induction"]["accuracy"])
+    elif part == "copy":
+        res["copy"], chance = [], 1.0 / plan.small_vocab
+        for d in plan.distances:
+            failed = [c["distance"] for c in res["copy"] if c["accuracy"] is not None and c["accuracy"] <= 2 * chance]
+            if failed:  # a delay line it cannot hold at d, it cannot hold at 2d: save the budget
+                res["copy"].append({"distance": d, "accuracy": None, "skipped": f"<= 2x chance at distance {failed[0]}"})
+                continue
+            task = CopyAtDistance(d, d + plan.copy_span, plan.small_vocab)
+            model, run = _fit(mixer, dim, [task], budget, seed)
+            res["copy"].append(dict(run, distance=d, accuracy=evaluate(model, task, budget.test_sequences, TEST_SEED)))
+            _log(mixer, dim, f"copy d={d}", run, res["copy"][-1]["accuracy"])
+    else:
+        raise ValueError(f"part: expected one of {PARTS}, got {part!r}")
+    return res
+
+
 def run_mixer(mixer: Mixer, dim: int, plan: Plan, budget: Budget, seed: int, full_suite: bool) -> dict:
     """Every task for one (mixer, width); ``full_suite`` False runs MQAR only."""
     res: dict = {"mixer": mixer.name, "kind": mixer.kind, "options": dict(mixer.options), "width": dim}
-    cells = plan.mqar_cells()
-    model, res["mqar_train"] = _fit(mixer, dim, cells, budget, seed)
-    res["params"] = model.num_parameters(non_embedding=True)
-    res["mqar"] = [{"seq_len": c.seq_len, "pairs": c.num_pairs, "accuracy": evaluate(model, c, budget.test_sequences, TEST_SEED)} for c in cells]
-    res["mqar_mean"] = sum(c["accuracy"] for c in res["mqar"]) / len(cells)
-    res["state_bytes"] = {L: state_bytes(model, L) for L in plan.seq_lens}
-    _log(mixer, dim, "MQAR (mean of cells)", res["mqar_train"], res["mqar_mean"])
-    if not full_suite:
-        return res
-    model, run = _fit(mixer, dim, [plan.selective], budget, seed)
-    res["selective_copy"] = dict(run, accuracy=evaluate(model, plan.selective, budget.test_sequences, TEST_SEED))
-    _log(mixer, dim, "selective copy", run, res["selective_copy"]["accuracy"])
-    ind = InductionHeads(plan.induction_len, plan.small_vocab)
-    model, run = _fit(mixer, dim, [ind], budget, seed)
-    long = InductionHeads(4 * plan.induction_len, plan.small_vocab)
-    res["induction"] = dict(run, accuracy=evaluate(model, ind, budget.test_sequences, TEST_SEED),
-                            accuracy_4x=evaluate(model, long, budget.test_sequences, TEST_SEED))
-    _log(mixer, dim, "induction", run, res["induction"]["accuracy"])
-    res["copy"], chance = [], 1.0 / plan.small_vocab
-    for d in plan.distances:
-        failed = [c["distance"] for c in res["copy"] if c["accuracy"] is not None and c["accuracy"] <= 2 * chance]
-        if failed:  # a delay line it cannot hold at d, it cannot hold at 2d: save the budget
-            res["copy"].append({"distance": d, "accuracy": None, "skipped": f"<= 2x chance at distance {failed[0]}"})
-            continue
-        task = CopyAtDistance(d, d + plan.copy_span, plan.small_vocab)
-        model, run = _fit(mixer, dim, [task], budget, seed)
-        res["copy"].append(dict(run, distance=d, accuracy=evaluate(model, task, budget.test_sequences, TEST_SEED)))
-        _log(mixer, dim, f"copy d={d}", run, res["copy"][-1]["accuracy"])
+    for part in PARTS if full_suite else ("mqar",):
+        res.update(run_part(mixer, dim, part, plan, budget, seed))
     return res
 
 
@@ -261,23 +277,41 @@ def summary_rows(results: list[dict]) -> list[dict]:
 
 
 def _job(args: tuple) -> dict:
-    mixer, dim, full_suite, plan, budget, seed, threads, t0 = args
+    mixer, dim, part, plan, budget, seed, threads, t0 = args
     torch.set_num_threads(threads)
-    r = run_mixer(mixer, dim, plan, budget, seed, full_suite)
-    print(f"[{time.perf_counter() - t0:7.0f}s] {mixer.name} width {dim}: MQAR mean {r['mqar_mean']:.3f}", flush=True)
+    r = run_part(mixer, dim, part, plan, budget, seed)
+    print(f"[{time.perf_counter() - t0:7.0f}s] done: {mixer.name} width {dim} {part}", flush=True)
     return r
 
 
-def run_jobs(jobs: list, plan: Plan, budget: Budget, seed: int, workers: int, threads: int, t0: float) -> list[dict]:
-    """``run_mixer`` for every (mixer, width, full_suite); ``workers`` > 1 runs them in that
-    many processes, widest and full-suite jobs first (results keep the order of ``jobs``)."""
-    args = [(m, w, full, plan, budget, seed, threads, t0) for m, w, full in jobs]
+def run_jobs(jobs: list, plan: Plan, budget: Budget, seed: int, workers: int, threads: int, t0: float, partial: Path) -> list[dict]:
+    """Every (mixer, width, part) job, merged into one result per (mixer, width) in the order
+    of ``jobs``. ``workers`` > 1 runs them in that many processes, the longest (copy, then
+    the wider models) first. Each finished job is appended to ``partial`` (JSON lines) at
+    once, so an interrupted run keeps what it measured."""
+    args = [(m, w, part, plan, budget, seed, threads, t0) for m, w, part in jobs]
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text("")
+    merged: dict[tuple, dict] = {}
+    for m, w, _ in jobs:
+        merged.setdefault((m.name, w), {"mixer": m.name, "kind": m.kind, "options": dict(m.options), "width": w})
+
+    def keep(i: int, r: dict) -> None:
+        m, w, part = jobs[i]
+        merged[(m.name, w)].update(r)
+        with partial.open("a") as f:
+            f.write(json.dumps({"mixer": m.name, "width": w, "part": part, **r}) + "\n")
+
     if workers <= 1:
-        return [_job(a) for a in progress(args, desc="mixers")]
-    order = sorted(range(len(args)), key=lambda i: (-args[i][1], not args[i][2]))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {i: pool.submit(_job, args[i]) for i in order}
-        return [futures[i].result() for i in range(len(args))]
+        for i, a in enumerate(progress(args, desc="jobs")):
+            keep(i, _job(a))
+    else:
+        order = sorted(range(len(args)), key=lambda i: (args[i][2] != "copy", -args[i][1]))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_job, args[i]): i for i in order}
+            for fut in as_completed(futures):
+                keep(futures[fut], fut.result())
+    return list(merged.values())
 
 
 def main(argv=None) -> None:
@@ -286,8 +320,8 @@ def main(argv=None) -> None:
     p.add_argument("--mixers", default=None, help="comma-separated mixer names (default: all; see --list)")
     p.add_argument("--list", action="store_true", help="print the mixer names and exit")
     p.add_argument("--widths", default=None, help="comma-separated widths (default: 64,128,256; quick: 64)")
-    p.add_argument("--steps", type=int, default=None, help="most steps per model (default: 600; quick: 30)")
-    p.add_argument("--tokens-per-step", type=int, default=None, help="tokens per training step (default: 2048)")
+    p.add_argument("--steps", type=int, default=None, help="most steps per model (default: 200; quick: 30)")
+    p.add_argument("--tokens-per-step", type=int, default=None, help="tokens per training step (default: 1536)")
     p.add_argument("--eval-every", type=int, default=None, help="early-stop check interval (default: 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of every model and task stream (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default: %(default)s)")
@@ -317,10 +351,11 @@ def main(argv=None) -> None:
     out = Path(args.out) if args.out else RESULTS_DIR / ("capability_quick.json" if args.quick else "capability.json")
     start_machine = machine_info()
     t0, cpu0 = time.perf_counter(), time.process_time()
-    jobs = [(m, plan.widths[0], not m.name.startswith("vmisa expand=")) for m in mixers(plan.widths[0], names)]
+    jobs = [(m, plan.widths[0], part) for m in mixers(plan.widths[0], names)
+            for part in (PARTS if not m.name.startswith("vmisa expand=") else ("mqar",))]
     for w in plan.widths[1:]:
-        jobs += [(m, w, False) for m in mixers(w, names) if m.name in plan.width_mixers]
-    results = run_jobs(jobs, plan, budget, args.seed, args.jobs, args.threads, t0)
+        jobs += [(m, w, "mqar") for m in mixers(w, names) if m.name in plan.width_mixers]
+    results = run_jobs(jobs, plan, budget, args.seed, args.jobs, args.threads, t0, out.with_suffix(".partial.jsonl"))
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0 + children.ru_utime + children.ru_stime
     table = print_table(summary_rows(results), title=f"Capability map ({wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU)")
