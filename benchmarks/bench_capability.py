@@ -13,16 +13,17 @@ head) and is trained from scratch with the same optimiser and token budget on th
 - selective copying (Mamba); induction heads (trained at one length, also tested at 4x);
 - copy at distance d = 2 ... 256 (one model per distance; sequences of d + 64 tokens).
 
-Budget (full mode, measured in docs/capability.md): AdamW 3e-3, 5 % warm-up then cosine,
+Budget (full mode; run times in docs/capability.md): AdamW 3e-3, 5 % warm-up then cosine,
 ``--tokens-per-step`` tokens a step, at most ``--steps`` steps per model, a check on held-out
-batches every ``--eval-every`` steps that stops a run once it scores >= ``--stop-at``
+batches every ``--eval-every`` steps that stops a run once it scores >= 0.99
 (a solved task costs no more steps). Copy distances stop growing for a mixer once it scores
 at most twice chance at a shorter distance (a delay line it cannot hold at d, it cannot hold
 at 2d). Reported accuracies are on separate test batches. State bytes are per sequence, from
 the model's own streaming state (``LMState.nbytes``) after a sequence of the task's length.
 
-    flock /tmp/vmiseq-cpu.lock python benchmarks/bench_capability.py           # full, < 30 min
-    python benchmarks/bench_capability.py --quick                              # < 2 min, smoke
+    python benchmarks/bench_capability.py --jobs 2                 # full grid (widths 64, 128, 256)
+    python benchmarks/bench_capability.py --jobs 6 --widths 64,128 # the run in docs/capability.md
+    python benchmarks/bench_capability.py --quick                  # smoke run of the pipeline
 """
 from __future__ import annotations
 
