@@ -17,6 +17,13 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _plt().close(fig)
+    print(f"wrote {path}")
+    return path
+
+
 def _heat(ax, grid: list[list[float]], rows: list, cols: list, title: str) -> None:
     """One annotated heat map of accuracies in [0, 1] (NaN cells blank)."""
     masked = [[float("nan") if v is None else v for v in row] for row in grid]
@@ -48,10 +55,7 @@ def plot_mqar(results: list[dict], path: Path) -> Path:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.6, label="MQAR accuracy")
     fig.suptitle("MQAR test accuracy per cell (one model per mixer and width, trained on all cells)")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    print(f"wrote {path}")
-    return path
+    return _save(fig, path)
 
 
 def plot_summary(results: list[dict], path: Path) -> Path:
@@ -67,10 +71,7 @@ def plot_summary(results: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(tasks), 0.9 + 0.45 * len(full)))
     im = _heat(ax, grid, [r["mixer"] for r in full], tasks, f"Test accuracy per task (width {full[0]['width']}; blank: not run)")
     fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    print(f"wrote {path}")
-    return path
+    return _save(fig, path)
 
 
 def plot_state(results: list[dict], path: Path) -> Path:
@@ -93,11 +94,7 @@ def plot_state(results: list[dict], path: Path) -> Path:
     ax.set_title("Recall per byte of state")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"wrote {path}")
-    return path
+    return _save(fig, path)
 
 
 def plot_all(results: list[dict], stem: Path) -> list[Path]:
