@@ -31,6 +31,16 @@ def small_chunks(monkeypatch):
 
 
 @pytest.fixture
+def one_thread():
+    """Torch on one thread for this test (kill-and-resume tests: the killed run is a subprocess
+    with OMP_NUM_THREADS=1, the runs compared with it run in-process the same way)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def script_error(capsys, monkeypatch):
     """For an experiment's in-process ``run_script``: the one error line it printed to stderr
     (asserting there is exactly one, last, and no traceback). Lightning's info lines are off:

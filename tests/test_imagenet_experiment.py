@@ -171,15 +171,6 @@ def _base_args(data: Path, out: Path, epochs: int) -> list[str]:
     ]
 
 
-@pytest.fixture
-def one_thread():
-    """The killed run is a subprocess on one thread: run the in-process ones the same way."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_train_resume_is_exact_and_eval_only(tmp_path, one_thread):
     """3 epochs in one go == 1 epoch (--stop-after-epochs 1), then --resume last killed with
     SIGKILL in the middle of epoch 3, then --resume last again: the same losses, learning rates,

@@ -45,15 +45,6 @@ def run(tmp_path: Path, out: str, *extra: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=900)
 
 
-@pytest.fixture
-def one_thread():
-    """The killed run is a subprocess on one thread: run the in-process ones the same way."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_kill_9_mid_run_then_resume_last_equals_an_uninterrupted_run(tmp_path, one_thread, capsys):
     lm = _script()
     full = lm.main(_args(tmp_path, "full", "--sample-tokens", "20"))
