@@ -81,13 +81,15 @@ def test_baselines_run_in_the_same_harness(tmp_path, model):
 
 
 def test_bad_data_gives_a_clear_error(tmp_path):
+    from vmiseq.training import ArgumentProblem  # run_script prints it as one line, exit 2
+
     exp = load_script()
     csv = synthetic_csv(tmp_path / "s.csv", rows=100)
-    with pytest.raises(SystemExit, match=r"seq_len \+ pred_len"):
+    with pytest.raises(ArgumentProblem, match=r"seq_len \+ pred_len"):
         exp.main(common(tmp_path, csv) + ["--horizon", "96"])
-    with pytest.raises(SystemExit, match=r"missing column\(s\) \['OT'\]"):
+    with pytest.raises(ArgumentProblem, match=r"missing column\(s\) \['OT'\]"):
         exp.main(common(tmp_path, csv) + ["--columns", "a,OT"])
-    with pytest.raises(SystemExit, match="--horizon"):
+    with pytest.raises(ArgumentProblem, match="--horizon"):
         exp.main(common(tmp_path, csv) + ["--horizon", "soon"])
 
 
