@@ -263,18 +263,38 @@ def solved_up_to(copy: list[dict], threshold: float = 0.99) -> int:
 
 
 def summary_rows(results: list[dict]) -> list[dict]:
-    rows = []
+    """One table row per (mixer, width); a task not (yet) run shows as NaN."""
+    nan, rows = float("nan"), []
     for r in results:
-        longest = max(r["state_bytes"])
-        row = {"mixer": r["mixer"], "width": r["width"], f"state B/seq @{longest}": r["state_bytes"][longest],
-               "MQAR mean": r["mqar_mean"]}
-        if "copy" in r:
-            solved = [c["distance"] for c in r["copy"] if c["accuracy"] is not None and c["accuracy"] >= 0.99]
-            row.update({"sel. copy": r["selective_copy"]["accuracy"], "induction": r["induction"]["accuracy"],
-                        "induction 4x": r["induction"]["accuracy_4x"],
-                        "copy >=0.99 up to d": solved_up_to(r["copy"])})
+        row = {"mixer": r["mixer"], "width": r["width"]}
+        if "state_bytes" in r:
+            longest = max(r["state_bytes"])
+            row.update({f"state B/seq @{longest}": r["state_bytes"][longest], "MQAR mean": r["mqar_mean"]})
+        if r["width"] == min(x["width"] for x in results) and not r["mixer"].startswith("vmisa expand="):
+            row.update({"sel. copy": r.get("selective_copy", {}).get("accuracy", nan),
+                        "induction": r.get("induction", {}).get("accuracy", nan),
+                        "induction 4x": r.get("induction", {}).get("accuracy_4x", nan),
+                        "copy >=0.99 up to d": solved_up_to(r["copy"]) if "copy" in r else nan})
         rows.append(row)
-    return rows
+    columns = list(dict.fromkeys(k for row in rows for k in row))  # every column any row has
+    return [{c: row.get(c, nan) for c in columns} for row in rows]
+
+
+def load_results(path: Path) -> list[dict]:
+    """Results of a finished run (its JSON) or of an interrupted one (its .partial.jsonl)."""
+    if path.suffix == ".jsonl":
+        merged: dict[tuple, dict] = {}
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            r.pop("part")
+            merged.setdefault((r["mixer"], r["width"]), {}).update(r)
+        results = list(merged.values())
+    else:
+        results = json.loads(path.read_text())["results"]
+    for r in results:  # JSON keys are strings
+        if "state_bytes" in r:
+            r["state_bytes"] = {int(k): v for k, v in r["state_bytes"].items()}
+    return results
 
 
 def _job(args: tuple) -> dict:
@@ -327,16 +347,14 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every model and task stream (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=1, help="(mixer, width) jobs run in parallel processes (default: %(default)s)")
-    p.add_argument("--replot", default=None, metavar="JSON", help="redraw the table and plots of a results JSON and exit")
+    p.add_argument("--replot", default=None, metavar="JSON", help="redraw the table and plots of a results JSON (or .partial.jsonl) and exit")
     p.add_argument("--out", default=None, help="results JSON (default: results/capability.json; quick: capability_quick.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.replot:
-        results = json.loads(Path(args.replot).read_text())["results"]
-        for r in results:  # JSON keys are strings
-            r["state_bytes"] = {int(k): v for k, v in r["state_bytes"].items()}
+        results = load_results(Path(args.replot))
         print_table(summary_rows(results), title="Capability map")
-        plot_all(results, Path(args.replot).with_suffix(""))
+        plot_all(results, Path(args.replot.split(".")[0]))
         return
     if args.list:
         print("\n".join(m.name for m in mixers(64)))

@@ -62,12 +62,13 @@ def plot_summary(results: list[dict], path: Path) -> Path:
     plt = _plt()
     full = [r for r in results if "copy" in r]
     dists = [c["distance"] for c in full[0]["copy"]]
+    nan = {"accuracy": None, "accuracy_4x": None}
     tasks = ["MQAR mean", "selective copy", "induction", "induction 4x"] + [f"copy d={d}" for d in dists]
     grid = []
     for r in full:
         copy = {c["distance"]: c["accuracy"] for c in r["copy"]}
-        grid.append([r["mqar_mean"], r["selective_copy"]["accuracy"], r["induction"]["accuracy"],
-                     r["induction"]["accuracy_4x"]] + [copy.get(d) for d in dists])
+        sel, ind = r.get("selective_copy", nan), r.get("induction", nan)
+        grid.append([r.get("mqar_mean"), sel["accuracy"], ind["accuracy"], ind["accuracy_4x"]] + [copy.get(d) for d in dists])
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(tasks), 0.9 + 0.45 * len(full)))
     im = _heat(ax, grid, [r["mixer"] for r in full], tasks, f"Test accuracy per task (width {full[0]['width']}; blank: not run)")
     fig.colorbar(im, ax=ax, shrink=0.8)
@@ -99,7 +100,8 @@ def plot_state(results: list[dict], path: Path) -> Path:
 
 def plot_all(results: list[dict], stem: Path) -> list[Path]:
     """Every plot, next to the JSON: ``<stem>_mqar.png``, ``_summary``, ``_copy``, ``_state``."""
-    out = [plot_mqar(results, Path(f"{stem}_mqar.png")), plot_state(results, Path(f"{stem}_state.png"))]
+    with_mqar = [r for r in results if "mqar" in r]
+    out = [plot_mqar(with_mqar, Path(f"{stem}_mqar.png")), plot_state(with_mqar, Path(f"{stem}_state.png"))] if with_mqar else []
     full = [r for r in results if "copy" in r]
     if full:
         out.append(plot_summary(results, Path(f"{stem}_summary.png")))
