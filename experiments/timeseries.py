@@ -48,7 +48,6 @@ from vmiseq.training import (  # noqa: E402
     add_trainer_args,
     argument_errors,
     build_trainer,
-    merge_resumed_metrics,
     plot_metrics,
     resolve_resume,
     run_script,
@@ -432,8 +431,7 @@ def run_horizon(args, table: SeriesTable, split: str, horizon: int, cycle_len: i
         num_sanity_val_steps=0,
         use_distributed_sampler=not long_history,
     )
-    metrics_csv = out / "logs" / "metrics.csv"
-    earlier = metrics_csv.read_text() if (resume and metrics_csv.is_file()) else None  # the logger restarts the file
+    metrics_csv = out / "logs" / "metrics.csv"  # HistoryCSVLogger keeps a resumed run's earlier rows
     t0 = time.perf_counter()
     trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
     train_s = time.perf_counter() - t0
@@ -441,8 +439,6 @@ def run_horizon(args, table: SeriesTable, split: str, horizon: int, cycle_len: i
     result = trainer.test(module, test_dl, ckpt_path=best or None, verbose=False)[0]
     if not trainer.is_global_zero:
         return {}
-    if earlier is not None and metrics_csv.is_file():
-        merge_resumed_metrics(earlier, metrics_csv, start_step)
     module.model.save_pretrained(out / "model")
     plot_forecasts(module, data, out / "forecasts.png", args.plot_windows, f"{args.model}, horizon {horizon}")
     if metrics_csv.is_file():

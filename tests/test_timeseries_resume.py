@@ -60,15 +60,17 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, history):
 
 
 def test_resume_errors_are_clear(tmp_path):
+    from vmiseq.training import ArgumentProblem  # run_script prints it as one line, exit 2
+
     exp = load_script()
     csv = synthetic_csv(tmp_path / "s.csv")
-    with pytest.raises(SystemExit, match=r"--resume: expected an interrupted run"):
+    with pytest.raises(ArgumentProblem, match=r"--resume: expected an interrupted run"):
         exp.main(common(tmp_path, csv) + ["--horizon", "12", "--resume", "last"])
-    with pytest.raises(SystemExit, match=r"--resume: expected a checkpoint file.*not found"):
+    with pytest.raises(ArgumentProblem, match=r"--resume: expected a checkpoint file.*not found"):
         exp.main(common(tmp_path, csv) + ["--horizon", "12", "--resume", str(tmp_path / "missing.ckpt")])
-    with pytest.raises(SystemExit, match=r"--resume: a checkpoint path resumes one horizon"):
+    with pytest.raises(ArgumentProblem, match=r"--resume: a checkpoint path resumes one horizon"):
         exp.main(common(tmp_path, csv) + ["--horizon", "12,24", "--resume", str(tmp_path / "missing.ckpt")])
-    with pytest.raises(SystemExit, match=r"--history-max: expected 0 \(off\) or at least --seq-len=48"):
+    with pytest.raises(ArgumentProblem, match=r"--history-max: expected 0 \(off\) or at least --seq-len=48"):
         exp.main(common(tmp_path, csv) + ["--horizon", "12", "--history-max", "20"])
 
 

@@ -346,16 +346,3 @@ def console_command(script: str, module: str) -> str:
     if beside.is_file():
         return shlex.quote(str(beside))
     return f"{shlex.quote(sys.executable)} -m {module}"
-
-
-def merge_resumed_metrics(earlier: str, metrics_csv: os.PathLike, start_step: int) -> None:
-    """After a resumed ``fit``: keep the rows logged before the resumed step (``earlier``, the
-    old file's text; the CSV logger restarts the file), then the resumed run's rows."""
-    import io
-
-    import pandas as pd
-
-    old = pd.read_csv(io.StringIO(earlier))
-    new = pd.read_csv(metrics_csv)
-    merged = pd.concat([old[old["step"] < start_step], new], ignore_index=True)
-    merged.to_csv(metrics_csv, index=False)
