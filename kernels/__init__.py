@@ -14,27 +14,37 @@
 """
 from __future__ import annotations
 
-from torch import Tensor
+import sys as _sys
 
-from .op import triton_available, vmisa_scan_op
+if __name__ == "kernels":
+    # Imported as a top-level ``kernels`` from a checkout's root on sys.path (transformers, for
+    # one, probes for the unrelated PyPI package of that name by importing it). A second copy
+    # would register the custom ops again; stand in for the installed ``vmiseq.kernels``.
+    import importlib as _importlib
 
-__all__ = ["triton_available", "vmisa_scan_op", "vmisa_scan_triton"]
+    _sys.modules[__name__] = _importlib.import_module("vmiseq.kernels")
+else:
+    from torch import Tensor
+
+    from .op import triton_available, vmisa_scan_op
+
+    __all__ = ["triton_available", "vmisa_scan_op", "vmisa_scan_triton"]
 
 
-def vmisa_scan_triton(
-    q: Tensor,
-    v: Tensor,
-    alpha: Tensor,
-    beta: Tensor,
-    h0: Tensor,
-    positions: Tensor,
-    rank_mask: bool,
-    decay: Tensor | None = None,
-    cu_seqlens: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Differentiable Triton scan on inputs normalised by :func:`vmiseq.ops.vmisa_scan`.
+    def vmisa_scan_triton(
+        q: Tensor,
+        v: Tensor,
+        alpha: Tensor,
+        beta: Tensor,
+        h0: Tensor,
+        positions: Tensor,
+        rank_mask: bool,
+        decay: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Differentiable Triton scan on inputs normalised by :func:`vmiseq.ops.vmisa_scan`.
 
-    Returns (y (B, L, D) in q's dtype, final states (N, D) in h0's dtype).
-    Raises ImportError when triton is missing.
-    """
-    return vmisa_scan_op(q, v, alpha, beta, h0, positions, rank_mask, decay, cu_seqlens, backend="triton")
+        Returns (y (B, L, D) in q's dtype, final states (N, D) in h0's dtype).
+        Raises ImportError when triton is missing.
+        """
+        return vmisa_scan_op(q, v, alpha, beta, h0, positions, rank_mask, decay, cu_seqlens, backend="triton")

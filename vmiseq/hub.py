@@ -112,7 +112,8 @@ class PretrainedMixin:
             try:
                 model = _load(cls, source, map_location)
             except (ValueError, OSError):
-                if attempt == 9 or (before is not None and _identity(source) == before):
+                # A leftover copy may be removed by the next save while it is read: look again.
+                if attempt == 9 or (source == path and before is not None and _identity(source) == before):
                     raise
                 continue
             if _identity(source) == before:
