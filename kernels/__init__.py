@@ -17,12 +17,24 @@ from __future__ import annotations
 import sys as _sys
 
 if __name__ == "kernels":
-    # Imported as a top-level ``kernels`` from a checkout's root on sys.path (transformers, for
-    # one, probes for the unrelated PyPI package of that name by importing it). A second copy
-    # would register the custom ops again; stand in for the installed ``vmiseq.kernels``.
+    # Imported as a top-level ``kernels`` because a checkout's root is on sys.path (``python -m
+    # pytest``, a script run from the checkout). That name belongs to an unrelated PyPI package,
+    # which transformers imports: load that package when it is installed, and otherwise stand in
+    # for the installed ``vmiseq.kernels`` (a second copy would register the custom ops again).
     import importlib as _importlib
+    import importlib.machinery as _machinery
+    import importlib.util
+    import os as _os
 
-    _sys.modules[__name__] = _importlib.import_module("vmiseq.kernels")
+    _checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    _elsewhere = [p for p in _sys.path if _os.path.abspath(p or _os.curdir) != _checkout]
+    _spec = _machinery.PathFinder.find_spec("kernels", _elsewhere)
+    if _spec is not None and _spec.loader is not None:
+        _module = _importlib.util.module_from_spec(_spec)
+        _sys.modules[__name__] = _module
+        _spec.loader.exec_module(_module)
+    else:
+        _sys.modules[__name__] = _importlib.import_module("vmiseq.kernels")
 else:
     from torch import Tensor
 
