@@ -145,3 +145,21 @@ def test_import_stays_light_and_registers_in_either_order():
         "assert AutoConfig.for_model('vmiseq_lm', dim=16).dim == 16\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
+
+
+def test_checkout_kernels_folder_never_loads_twice():
+    """From a checkout's root, ``import kernels`` (transformers probes for the PyPI package of
+    that name) must not load a second copy of vmiseq's kernels, which would register the
+    custom ops again."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        f"import sys; sys.path.insert(0, {str(root)!r})\n"
+        "import vmiseq.kernels, kernels\n"
+        "assert kernels is vmiseq.kernels or not kernels.__file__.startswith(" + repr(str(root)) + "), kernels.__file__\n"
+        "assert not [m for m in sys.modules if m.startswith('kernels.')  and 'op' in m]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
