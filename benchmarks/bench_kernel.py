@@ -27,7 +27,6 @@ runs the GPU benchmark pipeline itself on CPU at toy sizes (times meaningless) t
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time

@@ -140,7 +140,6 @@ def bin_means(total: np.ndarray, count: np.ndarray, bins) -> list[float]:
 
 
 def run_lm(args) -> None:
-    from vmiseq.models.lm import VMISAForCausalLM
     from vmiseq.streams import log_bins
 
     torch.set_num_threads(args.threads)
