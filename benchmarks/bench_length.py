@@ -63,7 +63,7 @@ CORPORA = {  # name -> (--data, stream length, long streams)
     "kjv": ("kjv", 262_144, 1),
 }
 TARGET_BINS = {"ts": (1_024, 16_384), "kjv": (16_384, 262_144)}  # must not be worse than [32, 64)
-SHORT_LENGTH, CHUNK = 1_024, 512
+SHORT_LENGTH, CHUNK, SHORT_WINDOW = 1_024, 512, 64
 
 
 def train(name: str, corpus: str, out: Path, args) -> dict:
@@ -94,12 +94,22 @@ def held_out_ids(corpus: str, model, cache: Path) -> np.ndarray:
     return tokenize_cached(val_text, model.tokenizer, cache)
 
 
-def per_position(model, ids: np.ndarray, length: int, n_long: int, n_short: int, window) -> tuple[np.ndarray, np.ndarray]:
+def per_position(model, ids: np.ndarray, length: int, n_long: int, n_short: int, window) -> tuple[np.ndarray, ...]:
     """Summed loss and count at every position of ``n_long`` streams of ``length`` tokens and
-    ``n_short`` streams of ``SHORT_LENGTH``, starts evenly spaced over the held-out text."""
+    ``n_short`` streams of ``SHORT_LENGTH``, starts evenly spaced over the held-out text.
+
+    Also ``short``: at every position of the long streams, the loss of the same token with
+    only 32-63 tokens of context (windows of 64 from the zero state, advancing by 32). That
+    is the [32, 64) position bin of streams that start every 32 tokens through the same text
+    the long bins read, so comparing a long bin with it asks, token for token, whether more
+    context hurts; the 36-stream [32, 64) bin (about 1,100 tokens) is too small for that.
+    """
     from vmiseq.streams import sliding_window_losses, stream_losses
 
-    total, count = np.zeros(length), np.zeros(length)
+    total, count, short = np.zeros(length), np.zeros(length), np.zeros(length)
+    starts = [int(i * len(ids) / n_long) for i in range(n_long)]
+    for i in range(n_long):  # one stream at a time: KJV's 262k tokens make 8k windows
+        short += sliding_window_losses(model, ids, starts[i : i + 1], length, SHORT_WINDOW).sum(0).numpy()
     for n, size in ((n_long, length), (n_short, min(SHORT_LENGTH, length))):
         starts = [int(i * len(ids) / n) for i in range(n)]
         group = max(1, (1 << 20) // size)  # streams run side by side, ~1M tokens at a time
@@ -110,7 +120,7 @@ def per_position(model, ids: np.ndarray, length: int, n_long: int, n_short: int,
                 loss = sliding_window_losses(model, ids, starts[i : i + group], size, window)
             total[:size] += loss.sum(0).numpy()
             count[:size] += loss.shape[0]
-    return total, count
+    return total, count, short
 
 
 def load_run(run: Path, corpus: str):
@@ -171,21 +181,29 @@ def run_lm(args) -> None:
             t0 = time.perf_counter()
             key = {"steps": steps, "length": length, "long": args.long_streams or n_long, "short": args.short_streams}
             cached = run / "length_eval.npz"  # a measured model is not measured again
+            key["version"] = 2  # with the same-tokens short-context losses
             if cached.is_file() and json.loads(str(np.load(cached)["key"])) == key:
-                total, count = np.load(cached)["total"], np.load(cached)["count"]
+                total, count, short = (np.load(cached)[k] for k in ("total", "count", "short"))
             else:
-                total, count = per_position(model, ids, length, key["long"], key["short"], window)
-                np.savez(cached, total=total, count=count, key=json.dumps(key))
+                total, count, short = per_position(model, ids, length, key["long"], key["short"], window)
+                np.savez(cached, total=total, count=count, short=short, key=json.dumps(key))
             means = bin_means(total, count, bins)
             early, late = bin_means(total, count, [(32, 64), (lo, hi)])
+            n_streams = key["long"]
+            late_long = float(total[lo:hi].sum() / (n_streams * (hi - lo)))  # the long streams alone
+            same = float(short[lo:hi].sum() / (n_streams * (hi - lo)))
             row = {"corpus": corpus, "model": name, "steps": steps, "stream_length": res.get("stream_length", 0),
                    "val_loss": res.get("val_loss"), "early_32_64": early, "late": late, "late_bin": f"[{lo}, {hi})",
-                   "target_met": late <= early, "eval_s": time.perf_counter() - t0, "train_s": res.get("train_seconds")}
+                   "late_long_streams": late_long, "same_tokens_32_64": same, "late_vs_same_tokens": late_long / same,
+                   "target_met": late_long <= same, "eval_s": time.perf_counter() - t0,
+                   "train_s": res.get("train_seconds")}
             row.update({f"[{a},{b})": m for (a, b), m in zip(bins, means)})
             rows.append(row)
             curves[f"{corpus}/{name}"] = {"bins": bins, "loss": means}
-            print(f"{corpus} {name} ({steps} steps): [32,64) {early:.3f}, [{lo},{hi}) {late:.3f}", flush=True)
-        cols = ["model", "steps", "stream_length", "val_loss"] + [f"[{a},{b})" for a, b in bins] + ["target_met"]
+            print(f"{corpus} {name} ({steps} steps): [32,64) {early:.3f}, [{lo},{hi}) {late:.3f}; same tokens "
+                  f"with 32-63 tokens of context {same:.3f} -> x{late_long / same:.4f}", flush=True)
+        cols = (["model", "steps", "stream_length", "val_loss"] + [f"[{a},{b})" for a, b in bins]
+                + ["same_tokens_32_64", "late_vs_same_tokens", "target_met"])
         print_table([r for r in rows if r["corpus"] == corpus], cols,
                     title=f"{corpus}: mean next-token loss by position (state carried in chunks of {CHUNK})")
     layer = [] if args.no_layer else layer_response(tokens=4_096 if args.quick else 1_000_000)
