@@ -31,7 +31,7 @@ pytest.importorskip("triton", reason="triton is not installed: the Triton backen
 from vmiseq.kernels import op, triton_scan, tuning  # noqa: E402
 from vmiseq.layers.vmisa import VMISALayer  # noqa: E402
 from vmiseq.ops import vmisa_scan  # noqa: E402
-from vmiseq.ops.vmisa import resolve_backend  # noqa: E402
+from vmiseq.ops.scan import resolve_backend  # noqa: E402
 
 if not torch.cuda.is_available() and not triton_scan.INTERPRET:
     raise RuntimeError(

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..ops.vmisa import values_checkable
+from ..ops.scan import values_checkable
 
 
 def check_dtype(name: str, x: Tensor, expected: torch.dtype) -> None:
