@@ -1,5 +1,5 @@
 """Launchers of the Triton scan kernels (forward and backward), called by the custom ops in
-:mod:`.op`. The kernels are in :mod:`.triton_kernels`, the launch plan (one pass, or the
+``vmiseq/ops/scan_op.py``. The kernels are in :mod:`.triton_kernels`, the launch plan (one pass, or the
 small-batch split into segments) in :mod:`.geometry`, config choice in :mod:`.tuning`.
 
 Triton's interpreter (``TRITON_INTERPRET=1``, read when this module is imported) runs the
@@ -141,7 +141,7 @@ def _carry_scan(h0: Tensor, sum_h: Tensor, sum_a: Tensor, carry: Tensor, n_seq: 
     )
 
 
-def scan_fwd(
+def launch_fwd(
     q: Tensor, v: Tensor, alpha: Tensor, beta: Tensor, h0: Tensor, positions: Tensor,
     decay: Tensor | None, cu_seqlens: Tensor | None, rank_mask: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -200,7 +200,7 @@ def _reduce_like(grad: Tensor, like: Tensor) -> Tensor:
     return grad.reshape(like.shape).to(like.dtype)
 
 
-def scan_bwd(
+def launch_bwd(
     dy: Tensor, dfinal: Tensor, q: Tensor, v: Tensor, alpha: Tensor, beta: Tensor, h0: Tensor,
     positions: Tensor, decay: Tensor | None, cu_seqlens: Tensor | None, ckpt: Tensor,
     rank_mask: bool, need_ddecay: bool,

@@ -247,3 +247,18 @@ def test_no_grad_path_equals_grad_path():
         y0 = vmisa_scan(*args, backend="torch", **kw)
     y1 = vmisa_scan(*args, backend="torch", **kw)
     torch.testing.assert_close(y0, y1.detach(), rtol=0, atol=0)
+
+
+def test_old_module_path_still_imports_with_a_deprecation_warning():
+    """``vmiseq.ops.vmisa`` (the dispatcher's old home, now ``vmiseq.ops.scan``) re-exports the
+    same objects and warns once on import."""
+    import importlib
+    import sys
+
+    import vmiseq.ops as ops
+
+    sys.modules.pop("vmiseq.ops.vmisa", None)
+    with pytest.warns(DeprecationWarning, match="vmiseq.ops.vmisa is deprecated"):
+        old = importlib.import_module("vmiseq.ops.vmisa")
+    for name in ("vmisa_scan", "vmisa_global", "acc_dtype", "resolve_backend", "BACKENDS", "BACKEND_ENV"):
+        assert getattr(old, name) is getattr(ops, name), name

@@ -28,8 +28,9 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="triton is not installed: the Triton backend cannot be tested")
 
-from vmiseq.kernels import op, triton_scan, tuning  # noqa: E402
+from vmiseq.kernels import triton_scan, tuning  # noqa: E402
 from vmiseq.layers.vmisa import VMISALayer  # noqa: E402
+from vmiseq.ops import scan_op  # noqa: E402
 from vmiseq.ops import vmisa_scan  # noqa: E402
 from vmiseq.ops.scan import resolve_backend  # noqa: E402
 
@@ -166,7 +167,7 @@ def test_gradcheck_float64():
     pos = torch.tensor([[1]], device=DEVICE)
 
     def f(q, v, alpha, beta, h0, decay):
-        return op.vmisa_scan_op(q, v, alpha, beta, h0, pos, True, decay, None, backend="triton")
+        return scan_op.vmisa_scan_op(q, v, alpha, beta, h0, pos, True, decay, None, backend="triton")
 
     assert torch.autograd.gradcheck(f, xs, eps=1e-6, atol=1e-8)
 
@@ -223,7 +224,7 @@ def test_opcheck(decay, varlen):
     h0 = torch.randn(3 if varlen else nb, D, generator=g).to(DEVICE).requires_grad_(True)
     dec = torch.rand(nb, L, D, generator=g).to(DEVICE).requires_grad_(True) if decay else None
     pos = torch.tensor([[2]], device=DEVICE)
-    torch.library.opcheck(op.scan_fwd, (q, v, alpha, beta, h0, pos, dec, cu, True, "triton"))
+    torch.library.opcheck(scan_op.scan_fwd, (q, v, alpha, beta, h0, pos, dec, cu, True, "triton"))
 
 
 def test_auto_backend_and_env(monkeypatch):
