@@ -236,6 +236,12 @@ def test_auto_backend_and_env(monkeypatch):
     assert resolve_backend("torch", torch.device("cuda")) == "torch"  # explicit choice wins
 
 
+def run_without_interpreter(code: str, timeout: int) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh python whose environment lacks TRITON_INTERPRET."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+
+
 @pytest.mark.skipif(DEVICE == "cuda", reason="checks the CPU error message without the interpreter")
 def test_cpu_without_interpreter_is_a_clear_error():
     code = (
@@ -244,8 +250,7 @@ def test_cpu_without_interpreter_is_a_clear_error():
         "try:\n    vmisa_scan(q, q, torch.rand(1, 4), 1.0, backend='triton')\n"
         "except ValueError as e:\n    print('ERR', e)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    out = run_without_interpreter(code, timeout=120)
     assert "ERR backend: 'triton' needs CUDA tensors" in out.stdout, out.stdout + out.stderr
     assert "TRITON_INTERPRET=1" in out.stdout
 
@@ -272,8 +277,7 @@ def test_kernels_compile_for_h100():
         "    r = compile_variant('carry', 16, 8 if p2 >= 128 else 4, p2, 'token')\n"
         "    print('carry', 16, p2, 'None', r.registers, r.spill_bytes, 'True')\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    out = run_without_interpreter(code, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line.split() for line in out.stdout.strip().splitlines()]
     assert len(rows) == len(tuning.FWD_SHAPES) + len(tuning.BWD_SHAPES) + 4 + 2
