@@ -150,10 +150,10 @@ def launch_fwd(
     in any float dtype (loaded natively)."""
     _check_launchable(q)
     with _device_guard(q):
-        return _scan_fwd(q, v, alpha, beta, h0, positions, decay, cu_seqlens, rank_mask)
+        return _launch_fwd(q, v, alpha, beta, h0, positions, decay, cu_seqlens, rank_mask)
 
 
-def _scan_fwd(q, v, alpha, beta, h0, positions, decay, cu_seqlens, rank_mask):
+def _launch_fwd(q, v, alpha, beta, h0, positions, decay, cu_seqlens, rank_mask):
     B, L, D = q.shape
     N, varlen, has_decay = h0.shape[0], cu_seqlens is not None, decay is not None
     q, v = _rows_last_unit(q), _rows_last_unit(v)
@@ -209,10 +209,10 @@ def launch_bwd(
     the inputs (ddecay None without decay or when ``need_ddecay`` is False)."""
     _check_launchable(q)
     with _device_guard(q):
-        return _scan_bwd(dy, dfinal, q, v, alpha, beta, h0, positions, decay, cu_seqlens, ckpt, rank_mask, need_ddecay)
+        return _launch_bwd(dy, dfinal, q, v, alpha, beta, h0, positions, decay, cu_seqlens, ckpt, rank_mask, need_ddecay)
 
 
-def _scan_bwd(dy, dfinal, q, v, alpha, beta, h0, positions, decay, cu_seqlens, ckpt, rank_mask, need_ddecay):
+def _launch_bwd(dy, dfinal, q, v, alpha, beta, h0, positions, decay, cu_seqlens, ckpt, rank_mask, need_ddecay):
     B, L, D = q.shape
     N, varlen, has_decay = h0.shape[0], cu_seqlens is not None, decay is not None
     q, v, dy = _rows_last_unit(q), _rows_last_unit(v), _rows_last_unit(dy)
