@@ -15,12 +15,12 @@ stays in cache, so ``z_t``, ``h_t`` and the masked output never exist as full te
   ``y_t = M_t * h_t + beta * z_t`` straight into the output.
 
 Forward memory traffic is ~5 tensor passes against 3 for the element-wise floor ``q * v``.
-The backward (``_ScanFunction``, hand-written per docs/design.md §1) is the same pattern run
+The backward (``_ScanFunction``, hand-written per DESIGN.md §1) is the same pattern run
 backwards: a reverse scan of the masked upstream gradient, fused with dq, dv, dalpha and
 dbeta; it saves only q, v, alpha (and the states when a decay gate is learned), never z.
 Tokens that do not fill a last chunk are handled by the same code as one short chunk.
 
-Inputs arrive validated and normalised by :mod:`vmiseq.ops.scan`: ``alpha`` and ``decay``
+Inputs arrive validated and normalised by :mod:`vmiseq.ops.vmisa`: ``alpha`` and ``decay``
 are (B|1, L, 1|D), ``beta`` is () or (D,), ``positions`` (B|1, 1) absolute positions of
 the first token, everything in the accumulation dtype.
 """

@@ -1,16 +1,8 @@
-"""Deprecated: the dispatcher moved to :mod:`vmiseq.ops.scan` (import from ``vmiseq.ops``)."""
-from __future__ import annotations
-
+"""Deprecated: moved to :mod:`vmiseq.ops.scan` (this name is an alias of it and warns on import)."""
+import importlib
+import sys
 import warnings
 
-from .checks import acc_dtype, non_finite_message, values_checkable
-from .scan import BACKEND_ENV, BACKENDS, resolve_backend, vmisa_global, vmisa_scan
-
-warnings.warn(
-    "vmiseq.ops.vmisa is deprecated: import from vmiseq.ops (or vmiseq.ops.scan) instead",
-    DeprecationWarning,
-    stacklevel=2,
-)
-
-__all__ = ["BACKENDS", "BACKEND_ENV", "acc_dtype", "non_finite_message", "resolve_backend", "values_checkable",
-           "vmisa_global", "vmisa_scan"]
+warnings.warn(f"{__name__} is deprecated; import vmiseq.ops.scan instead (same names; or import them from "
+              "vmiseq.ops)", DeprecationWarning, stacklevel=2)
+sys.modules[__name__] = importlib.import_module("vmiseq.ops.scan")
