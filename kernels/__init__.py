@@ -1,13 +1,13 @@
 """Kernels for VMI-SA, installed as ``vmiseq.kernels``.
 
-* :mod:`.op` registers the causal scan as the PyTorch custom ops ``vmiseq::scan_fwd`` /
-  ``vmiseq::scan_bwd`` (one opaque node for ``torch.compile``, our own backward) with two
-  implementations: ``"torch"`` (:func:`vmiseq.ops.varlen.scan_torch`) and ``"triton"``
-  (:mod:`.triton_scan`).
 * :mod:`.triton_kernels` (+ :mod:`.triton_tiles`) hold the Triton kernels, :mod:`.triton_scan`
   their launchers, :mod:`.geometry` the launch plan (pure Python: one pass or the small-batch
   split into segments), :mod:`.tuning` the configs and the tuner (``set_autotune(False)`` or
-  ``VMISEQ_TRITON_AUTOTUNE=0`` for CUDA graphs), :mod:`.compile_check` the sm_90 build check.
+  ``VMISEQ_TRITON_AUTOTUNE=0`` for CUDA graphs), :mod:`.compile_check` the sm_90 build check,
+  :mod:`.availability` whether a recent enough triton is installed.
+* This package sits below ``vmiseq.ops`` and imports nothing from it: the custom ops
+  ``vmiseq::scan_fwd`` / ``vmiseq::scan_bwd`` that run these launchers (or the chunked torch
+  scan) live in ``vmiseq/ops/scan_op.py``.
 * Triton is imported lazily, the first time the triton backend runs: importing this
   package never needs it. ``TRITON_INTERPRET=1`` (set before that first run) makes the
   Triton kernels run on CPU tensors through Triton's interpreter.
@@ -20,7 +20,8 @@ if __name__ == "kernels":
     # Imported as a top-level ``kernels`` because a checkout's root is on sys.path (``python -m
     # pytest``, a script run from the checkout). That name belongs to an unrelated PyPI package,
     # which transformers imports: load that package when it is installed, and otherwise stand in
-    # for the installed ``vmiseq.kernels`` (a second copy would register the custom ops again).
+    # for the installed ``vmiseq.kernels`` (a second copy would keep its own launch settings,
+    # tuning cache and Triton kernels).
     import importlib as _importlib
     import importlib.machinery as _machinery
     import importlib.util
@@ -36,27 +37,6 @@ if __name__ == "kernels":
     else:
         _sys.modules[__name__] = _importlib.import_module("vmiseq.kernels")
 else:
-    from torch import Tensor
+    from .availability import triton_available, triton_unavailable_reason
 
-    from .op import triton_available, vmisa_scan_op
-
-    __all__ = ["triton_available", "vmisa_scan_op", "vmisa_scan_triton"]
-
-
-    def vmisa_scan_triton(
-        q: Tensor,
-        v: Tensor,
-        alpha: Tensor,
-        beta: Tensor,
-        h0: Tensor,
-        positions: Tensor,
-        rank_mask: bool,
-        decay: Tensor | None = None,
-        cu_seqlens: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Differentiable Triton scan on inputs normalised by :func:`vmiseq.ops.vmisa_scan`.
-
-        Returns (y (B, L, D) in q's dtype, final states (N, D) in h0's dtype).
-        Raises ImportError when triton is missing.
-        """
-        return vmisa_scan_op(q, v, alpha, beta, h0, positions, rank_mask, decay, cu_seqlens, backend="triton")
+    __all__ = ["triton_available", "triton_unavailable_reason"]

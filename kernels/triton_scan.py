@@ -1,5 +1,5 @@
 """Launchers of the Triton scan kernels (forward and backward), called by the custom ops in
-:mod:`.op`. The kernels are in :mod:`.triton_kernels`, the launch plan (one pass, or the
+``vmiseq/ops/scan_op.py``. The kernels are in :mod:`.triton_kernels`, the launch plan (one pass, or the
 small-batch split into segments) in :mod:`.geometry`, config choice in :mod:`.tuning`.
 
 Triton's interpreter (``TRITON_INTERPRET=1``, read when this module is imported) runs the
@@ -141,7 +141,7 @@ def _carry_scan(h0: Tensor, sum_h: Tensor, sum_a: Tensor, carry: Tensor, n_seq: 
     )
 
 
-def scan_fwd(
+def launch_fwd(
     q: Tensor, v: Tensor, alpha: Tensor, beta: Tensor, h0: Tensor, positions: Tensor,
     decay: Tensor | None, cu_seqlens: Tensor | None, rank_mask: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -150,10 +150,10 @@ def scan_fwd(
     in any float dtype (loaded natively)."""
     _check_launchable(q)
     with _device_guard(q):
-        return _scan_fwd(q, v, alpha, beta, h0, positions, decay, cu_seqlens, rank_mask)
+        return _launch_fwd(q, v, alpha, beta, h0, positions, decay, cu_seqlens, rank_mask)
 
 
-def _scan_fwd(q, v, alpha, beta, h0, positions, decay, cu_seqlens, rank_mask):
+def _launch_fwd(q, v, alpha, beta, h0, positions, decay, cu_seqlens, rank_mask):
     B, L, D = q.shape
     N, varlen, has_decay = h0.shape[0], cu_seqlens is not None, decay is not None
     q, v = _rows_last_unit(q), _rows_last_unit(v)
@@ -200,7 +200,7 @@ def _reduce_like(grad: Tensor, like: Tensor) -> Tensor:
     return grad.reshape(like.shape).to(like.dtype)
 
 
-def scan_bwd(
+def launch_bwd(
     dy: Tensor, dfinal: Tensor, q: Tensor, v: Tensor, alpha: Tensor, beta: Tensor, h0: Tensor,
     positions: Tensor, decay: Tensor | None, cu_seqlens: Tensor | None, ckpt: Tensor,
     rank_mask: bool, need_ddecay: bool,
@@ -209,10 +209,10 @@ def scan_bwd(
     the inputs (ddecay None without decay or when ``need_ddecay`` is False)."""
     _check_launchable(q)
     with _device_guard(q):
-        return _scan_bwd(dy, dfinal, q, v, alpha, beta, h0, positions, decay, cu_seqlens, ckpt, rank_mask, need_ddecay)
+        return _launch_bwd(dy, dfinal, q, v, alpha, beta, h0, positions, decay, cu_seqlens, ckpt, rank_mask, need_ddecay)
 
 
-def _scan_bwd(dy, dfinal, q, v, alpha, beta, h0, positions, decay, cu_seqlens, ckpt, rank_mask, need_ddecay):
+def _launch_bwd(dy, dfinal, q, v, alpha, beta, h0, positions, decay, cu_seqlens, ckpt, rank_mask, need_ddecay):
     B, L, D = q.shape
     N, varlen, has_decay = h0.shape[0], cu_seqlens is not None, decay is not None
     q, v, dy = _rows_last_unit(q), _rows_last_unit(v), _rows_last_unit(dy)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vmiseq.kernels import op
+from vmiseq.ops import scan_op
 from vmiseq.layers.vmisa import VMISALayer
 
 
@@ -117,7 +117,7 @@ def _op_inputs(decay: bool, varlen: bool, dtype=torch.float32, L=40, D=6, seed=0
 @pytest.mark.parametrize("decay,varlen", [(False, False), (True, False), (True, True)])
 def test_opcheck_torch_backend(decay, varlen):
     """torch.library.opcheck: schema, fake (meta) shapes, autograd registration, AOT tracing."""
-    torch.library.opcheck(op.scan_fwd, (*_op_inputs(decay, varlen), True, "torch"))
+    torch.library.opcheck(scan_op.scan_fwd, (*_op_inputs(decay, varlen), True, "torch"))
 
 
 @pytest.mark.parametrize("decay,varlen", [(False, False), (True, True)])
@@ -127,7 +127,7 @@ def test_op_backward_gradcheck(decay, varlen):
     inputs = [q, v, alpha, beta, h0] + ([dec] if decay else [])
 
     def f(q, v, alpha, beta, h0, *rest):
-        return op.vmisa_scan_op(q, v, alpha, beta, h0, pos, True, rest[0] if rest else None, cu,
+        return scan_op.vmisa_scan_op(q, v, alpha, beta, h0, pos, True, rest[0] if rest else None, cu,
                                 backend="torch", force_op=True)
 
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-8)

@@ -65,7 +65,7 @@ def test_causal_chunk_equals_loop_with_state_and_grads(L):
     log_a = (F.logsigmoid(torch.randn(B, H, L, dk, generator=g, dtype=f64)) / 4).requires_grad_()
     S0 = torch.randn(B, H, dk, dv, generator=g, dtype=f64, requires_grad=True)
     o1, s1 = causal_linear_attn(q, k, v, log_a, S0, output_final_state=True, backend="naive")
-    o2, s2 = causal_linear_attn(q, k, v, log_a, S0, output_final_state=True, backend="chunk")
+    o2, s2 = causal_linear_attn(q, k, v, log_a, S0, output_final_state=True, backend="torch")
     torch.testing.assert_close(o1, o2)
     torch.testing.assert_close(s1, s2)
     inputs = [q, k, v, log_a, S0]

@@ -247,3 +247,46 @@ def test_no_grad_path_equals_grad_path():
         y0 = vmisa_scan(*args, backend="torch", **kw)
     y1 = vmisa_scan(*args, backend="torch", **kw)
     torch.testing.assert_close(y0, y1.detach(), rtol=0, atol=0)
+
+
+def test_old_module_path_still_imports_with_a_deprecation_warning():
+    """``vmiseq.ops.vmisa`` (the dispatcher's old home) is an alias of ``vmiseq.ops.scan`` that
+    warns on import, and the public names are the ones ``vmiseq.ops`` exports."""
+    import importlib
+    import sys
+
+    import vmiseq.ops as ops
+    from vmiseq.ops import scan
+
+    sys.modules.pop("vmiseq.ops.vmisa", None)
+    with pytest.warns(DeprecationWarning, match=r"vmiseq.ops.vmisa is deprecated; import vmiseq.ops.scan instead"):
+        old = importlib.import_module("vmiseq.ops.vmisa")
+    assert old is scan
+    for name in ("vmisa_scan", "vmisa_global", "acc_dtype", "resolve_backend", "BACKENDS", "BACKEND_ENV",
+                 "values_checkable", "non_finite_message"):
+        assert getattr(old, name) is getattr(ops, name, getattr(scan, name)), name
+
+
+def test_one_backend_vocabulary(monkeypatch):
+    """VMI-SA and linear attention take the same backend names (``BACKENDS``), reject any
+    other the same way, and "auto" follows ``VMISEQ_BACKEND`` in both."""
+    from vmiseq.ops import BACKEND_ENV, BACKENDS, causal_linear_attn
+    from vmiseq.ops.linear_attn import linear_attn_uses_naive
+
+    q = torch.rand(1, 2, 5, 3, dtype=F64)
+    x = torch.rand(1, 5, 3, dtype=F64)
+    ref = causal_linear_attn(q, q, q, backend="naive")
+    for name in BACKENDS:
+        if name != "triton":
+            torch.testing.assert_close(causal_linear_attn(q, q, q, backend=name), ref)
+            torch.testing.assert_close(vmisa_scan(x, x, torch.ones(1, 5, dtype=F64), 1.0, backend=name),
+                                       vmisa_scan(x, x, torch.ones(1, 5, dtype=F64), 1.0, backend="naive"))
+    for call in (lambda: causal_linear_attn(q, q, q, backend="chunk"),
+                 lambda: vmisa_scan(x, x, torch.ones(1, 5, dtype=F64), 1.0, backend="chunk")):
+        with pytest.raises(ValueError, match=r"backend: expected one of \('auto', 'naive', 'torch', 'triton'\)"):
+            call()
+    assert not linear_attn_uses_naive("auto")
+    monkeypatch.setenv(BACKEND_ENV, "naive")
+    assert linear_attn_uses_naive("auto") and not linear_attn_uses_naive("torch")
+    monkeypatch.setenv(BACKEND_ENV, "triton")  # VMI-SA's kernels; linear attention has none: torch
+    assert not linear_attn_uses_naive("auto")

@@ -28,10 +28,11 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="triton is not installed: the Triton backend cannot be tested")
 
-from vmiseq.kernels import op, triton_scan, tuning  # noqa: E402
+from vmiseq.kernels import triton_scan, tuning  # noqa: E402
 from vmiseq.layers.vmisa import VMISALayer  # noqa: E402
+from vmiseq.ops import scan_op  # noqa: E402
 from vmiseq.ops import vmisa_scan  # noqa: E402
-from vmiseq.ops.vmisa import resolve_backend  # noqa: E402
+from vmiseq.ops.scan import resolve_backend  # noqa: E402
 
 if not torch.cuda.is_available() and not triton_scan.INTERPRET:
     raise RuntimeError(
@@ -166,7 +167,7 @@ def test_gradcheck_float64():
     pos = torch.tensor([[1]], device=DEVICE)
 
     def f(q, v, alpha, beta, h0, decay):
-        return op.vmisa_scan_op(q, v, alpha, beta, h0, pos, True, decay, None, backend="triton")
+        return scan_op.vmisa_scan_op(q, v, alpha, beta, h0, pos, True, decay, None, backend="triton")
 
     assert torch.autograd.gradcheck(f, xs, eps=1e-6, atol=1e-8)
 
@@ -223,7 +224,7 @@ def test_opcheck(decay, varlen):
     h0 = torch.randn(3 if varlen else nb, D, generator=g).to(DEVICE).requires_grad_(True)
     dec = torch.rand(nb, L, D, generator=g).to(DEVICE).requires_grad_(True) if decay else None
     pos = torch.tensor([[2]], device=DEVICE)
-    torch.library.opcheck(op.scan_fwd, (q, v, alpha, beta, h0, pos, dec, cu, True, "triton"))
+    torch.library.opcheck(scan_op.scan_fwd, (q, v, alpha, beta, h0, pos, dec, cu, True, "triton"))
 
 
 def test_auto_backend_and_env(monkeypatch):
@@ -235,6 +236,12 @@ def test_auto_backend_and_env(monkeypatch):
     assert resolve_backend("torch", torch.device("cuda")) == "torch"  # explicit choice wins
 
 
+def run_without_interpreter(code: str, timeout: int) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh python whose environment lacks TRITON_INTERPRET."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+
+
 @pytest.mark.skipif(DEVICE == "cuda", reason="checks the CPU error message without the interpreter")
 def test_cpu_without_interpreter_is_a_clear_error():
     code = (
@@ -243,8 +250,7 @@ def test_cpu_without_interpreter_is_a_clear_error():
         "try:\n    vmisa_scan(q, q, torch.rand(1, 4), 1.0, backend='triton')\n"
         "except ValueError as e:\n    print('ERR', e)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    out = run_without_interpreter(code, timeout=120)
     assert "ERR backend: 'triton' needs CUDA tensors" in out.stdout, out.stdout + out.stderr
     assert "TRITON_INTERPRET=1" in out.stdout
 
@@ -271,8 +277,7 @@ def test_kernels_compile_for_h100():
         "    r = compile_variant('carry', 16, 8 if p2 >= 128 else 4, p2, 'token')\n"
         "    print('carry', 16, p2, 'None', r.registers, r.spill_bytes, 'True')\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    out = run_without_interpreter(code, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line.split() for line in out.stdout.strip().splitlines()]
     assert len(rows) == len(tuning.FWD_SHAPES) + len(tuning.BWD_SHAPES) + 4 + 2

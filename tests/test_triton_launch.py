@@ -119,15 +119,15 @@ def test_tuner_falls_back_to_pinned_when_configs_fail(monkeypatch):
 def test_triton_version_check(monkeypatch):
     import triton
 
-    from vmiseq.kernels import op
+    from vmiseq.kernels import availability
 
-    assert op._version_tuple("3.8.0+git1234") == (3, 8, 0) and op._version_tuple("3.4") == (3, 4)
-    op.triton_unavailable_reason.cache_clear()
+    assert availability._version_tuple("3.8.0+git1234") == (3, 8, 0) and availability._version_tuple("3.4") == (3, 4)
+    availability.triton_unavailable_reason.cache_clear()
     monkeypatch.setattr(triton, "__version__", "3.1.0")
     try:
-        reason = op.triton_unavailable_reason()
-        assert "too old" in reason and not op.triton_available()
+        reason = availability.triton_unavailable_reason()
+        assert "too old" in reason and not availability.triton_available()
     finally:
-        op.triton_unavailable_reason.cache_clear()
+        availability.triton_unavailable_reason.cache_clear()
     monkeypatch.undo()
-    assert op.triton_available()
+    assert availability.triton_available()

@@ -100,13 +100,13 @@ def test_bf16_gates_are_loaded_natively(monkeypatch):
     """bf16 alpha / decay reach the kernel as bf16 (no host cast), their gradients come back
     in bf16, and the results match the naive loop."""
     seen = []
-    real = triton_scan.scan_fwd
+    real = triton_scan.launch_fwd
 
     def spy(q, v, alpha, beta, h0, positions, decay, *rest):
         seen.append((alpha.dtype, decay.dtype))
         return real(q, v, alpha, beta, h0, positions, decay, *rest)
 
-    monkeypatch.setattr(triton_scan, "scan_fwd", spy)
+    monkeypatch.setattr(triton_scan, "launch_fwd", spy)
     case = make_case(70, 24, "BLD", "BL", 2, True, torch.bfloat16, "D", batch=1)
     out = run(case, "triton")
     assert seen == [(torch.bfloat16, torch.bfloat16)]
@@ -180,7 +180,7 @@ def test_70000_packed_sequences_launch_a_1d_grid(monkeypatch):
     q = torch.zeros(1, N, D, device=DEVICE)
     h0 = torch.zeros(N, D, device=DEVICE)
     pos = torch.zeros(1, 1, dtype=torch.long, device=DEVICE)
-    triton_scan.scan_fwd(q, q, torch.ones(1, N, 1, device=DEVICE), torch.tensor(1.0), h0, pos, None, cu, True)
+    triton_scan.launch_fwd(q, q, torch.ones(1, N, 1, device=DEVICE), torch.tensor(1.0), h0, pos, None, cu, True)
     assert len(spy.grids) == 1 and len(spy.grids[0]) == 1
     plan = triton_scan.plan_for("fwd", q, N, N, D, True)
     assert not plan.split and spy.grids[0][0] == N * geometry.cdiv(D, max(plan.block_ds)) >= 70_000

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..ops.vmisa import values_checkable
+from ..ops.checks import check_position_values, require_integer, values_checkable
 
 
 def check_dtype(name: str, x: Tensor, expected: torch.dtype) -> None:
@@ -32,18 +32,12 @@ def check_dtype(name: str, x: Tensor, expected: torch.dtype) -> None:
 
 
 def check_position_dtype(position: Tensor) -> None:
-    if position.is_floating_point() or position.is_complex() or position.dtype == torch.bool:
-        raise TypeError(f"state.position: expected an integer tensor, got dtype {position.dtype}")
+    require_integer("state.position", position)
 
 
 def check_positions(position: Tensor) -> tuple[int, int]:
     """Eager check of a state's (B,) integer positions: >= 0; returns (min, max). One host sync."""
-    if position.numel() == 0 or not values_checkable(position):
-        return 0, 0
-    lo, hi = (int(v) for v in torch.aminmax(position))
-    if lo < 0:
-        raise ValueError(f"state.position: expected non-negative positions, got {lo}")
-    return lo, hi
+    return check_position_values("state.position", position)
 
 
 def _all_finite(t: Tensor) -> bool:

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops.linear_attn import causal_linear_attn_chunk, causal_linear_attn_naive
+from ..ops.linear_attn import causal_linear_attn_chunk, causal_linear_attn_naive, linear_attn_uses_naive
 from .dropout import Dropout
 from .state import BatchedState
 from .checks import check_dtype
@@ -57,7 +57,7 @@ class GatedLinearAttention(nn.Module):
         dim: channels C. n_heads: heads. expand_k / expand_v: key / value widths as
             multiples of C (GLA uses 0.5 and 1). conv_kernel: short causal depthwise conv
             before the projections (1 disables it). gate_rank: rank of the forget-gate
-            projection. dropout: output dropout. backend: "chunk" or "naive" (reference loop).
+            projection. dropout: output dropout. backend: "auto", "torch" or "naive" (reference loop).
     """
 
     def __init__(
@@ -69,7 +69,7 @@ class GatedLinearAttention(nn.Module):
         conv_kernel: int = 4,
         gate_rank: int = 16,
         dropout: float = 0.0,
-        backend: str = "chunk",
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         if not isinstance(dim, int) or dim <= 0:
@@ -79,8 +79,7 @@ class GatedLinearAttention(nn.Module):
             raise ValueError(f"n_heads: expected a positive divisor of the key ({kd}) and value ({vd}) widths, got {n_heads!r}")
         if conv_kernel < 1:
             raise ValueError(f"conv_kernel: expected >= 1, got {conv_kernel}")
-        if backend not in ("chunk", "naive"):
-            raise ValueError(f"backend: expected 'chunk' or 'naive', got {backend!r}")
+        linear_attn_uses_naive(backend)  # a ValueError for a name outside vmiseq.ops.BACKENDS
         self.dim, self.n_heads, self.key_dim, self.value_dim = dim, n_heads, kd, vd
         self.dk, self.dv = kd // n_heads, vd // n_heads
         self.kernel, self.backend = conv_kernel, backend
@@ -150,7 +149,7 @@ class GatedLinearAttention(nn.Module):
         v = heads(self.v_proj(u), self.dv)
         log_a = (F.logsigmoid(heads(self.gk(u), self.dk)) / GATE_TEMPERATURE).clamp(min=MIN_LOG_DECAY)
         S0 = state.S if state is not None else q.new_zeros(B, self.n_heads, self.dk, self.dv)
-        fn = gla_naive if (self.backend == "naive" or L == 1) else gla_chunk
+        fn = gla_naive if (L == 1 or linear_attn_uses_naive(self.backend)) else gla_chunk
         o, S = fn(q, k, v, log_a, S0)
         o = self.o_norm(o.to(x.dtype)).transpose(1, 2).reshape(B, L, self.value_dim)
         y = self.drop(self.o_proj(o * F.silu(self.g_proj(u))))

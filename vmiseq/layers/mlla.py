@@ -75,11 +75,11 @@ class LinearAttention(nn.Module):
         num_heads: heads (divides C). causal: sequence mode over (B, L, C).
         forget_gate: (causal only) a data-dependent decay a_t = sigmoid(W x)^(1/16) per
             (head, key channel), as the GLA baseline. rope / lepe: switch the positional parts.
-        backend: "chunk" or "naive" for the causal scan.
+        backend: "auto", "torch" or "naive" for the causal scan.
     """
 
     def __init__(self, dim: int, num_heads: int, causal: bool = False, forget_gate: bool = False,
-                 rope: bool = True, lepe: bool = True, eps: float = 1e-6, backend: str = "chunk") -> None:
+                 rope: bool = True, lepe: bool = True, eps: float = 1e-6, backend: str = "auto") -> None:
         super().__init__()
         if not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"dim: expected a positive int, got {dim!r}")
@@ -136,7 +136,7 @@ class MLLABlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
-                 causal: bool = False, forget_gate: bool = False, backend: str = "chunk") -> None:
+                 causal: bool = False, forget_gate: bool = False, backend: str = "auto") -> None:
         super().__init__()
         self.cpe1 = _dw(dim, causal)
         self.norm1 = nn.LayerNorm(dim)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..ops import acc_dtype, vmisa_global, vmisa_scan
 from ..ops.chunk import global_chunk
-from ..ops.vmisa import BACKENDS
+from ..ops.scan import BACKENDS
 from .checks import check_dtype, check_finite_output, check_finite_state, check_position_dtype, check_positions
 from .dropout import Dropout
 from .state import VMISAState

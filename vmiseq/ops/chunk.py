@@ -279,7 +279,7 @@ def _block_grads(
 
 
 class _ScanFunction(torch.autograd.Function):
-    """Fused forward and hand-written backward (DESIGN.md §1) of the causal scan."""
+    """Fused forward and hand-written backward (docs/design.md §1) of the causal scan."""
 
     @staticmethod
     def forward(ctx, q, v, alpha, beta, h0, decay, positions, use_mask):
@@ -331,7 +331,7 @@ class _ScanFunction(torch.autograd.Function):
         return dq, dv, dal, dbeta, dh0, dd, None, None
 
 
-def scan_torch(
+def scan_chunk(
     q: Tensor,
     v: Tensor,
     alpha: Tensor,

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .scan import resolve_backend
+
 __all__ = [
     "linear_attn_global",
     "linear_attn_global_naive",
@@ -30,6 +32,7 @@ __all__ = [
     "causal_linear_attn_naive",
     "causal_linear_attn_chunk",
     "causal_normalised",
+    "linear_attn_uses_naive",
     "CHUNK",
 ]
 
@@ -48,6 +51,19 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ValueError(f"k: expected the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
     if v.shape[:3] != q.shape[:3]:
         raise ValueError(f"v: expected shape (B, H, L) = {tuple(q.shape[:3])} before the channels, got {tuple(v.shape)}")
+
+
+def linear_attn_uses_naive(backend: str) -> bool:
+    """Whether ``backend`` (one of :data:`vmiseq.ops.BACKENDS`) means the reference loop here.
+
+    Linear attention has the loop ("naive") and the chunked torch form ("torch"); there is no
+    Triton kernel, so an explicit "triton" is an error, while "auto" follows ``VMISEQ_BACKEND``
+    and takes the torch form when that names "triton" (it sets the VMI-SA scans' backend).
+    """
+    if backend == "triton":
+        raise ValueError("backend: linear attention has no Triton kernel; expected 'auto', 'naive' or 'torch', "
+                         "got 'triton'")
+    return resolve_backend(backend, torch.device("cpu")) == "naive"
 
 
 # ---------------------------------------------------------------------- non-causal
@@ -142,20 +158,20 @@ def causal_linear_attn(
     log_a: Optional[Tensor] = None,
     initial_state: Optional[Tensor] = None,
     output_final_state: bool = False,
-    backend: str = "chunk",
+    backend: str = "auto",
 ):
     """Causal linear attention with an optional forget gate (validated public entry).
 
     Args:
         q, k: (B, H, L, dk). v: (B, H, L, dv). log_a: (B, H, L, dk) log forget gate (<= 0;
             None: no forgetting). initial_state: (B, H, dk, dv) S_0 (default zeros).
-        output_final_state: also return S_L. backend: "chunk" or "naive" (the reference loop).
+        output_final_state: also return S_L. backend: "auto" or "torch" (the chunked form) or
+            "naive" (the reference loop); see :func:`linear_attn_uses_naive`.
     Returns:
         o (B, H, L, dv), or (o, S_L) with ``output_final_state``.
     """
     _check_qkv(q, k, v)
-    if backend not in ("chunk", "naive"):
-        raise ValueError(f"backend: expected 'chunk' or 'naive', got {backend!r}")
+    naive = linear_attn_uses_naive(backend)
     B, H, L, dk = q.shape
     dv = v.shape[-1]
     if log_a is None:
@@ -168,7 +184,7 @@ def causal_linear_attn(
     elif not isinstance(initial_state, Tensor) or tuple(initial_state.shape) != (B, H, dk, dv):
         shape = tuple(initial_state.shape) if isinstance(initial_state, Tensor) else type(initial_state).__name__
         raise ValueError(f"initial_state: expected shape {(B, H, dk, dv)}, got {shape}")
-    fn = causal_linear_attn_naive if (backend == "naive" or L == 1) else causal_linear_attn_chunk
+    fn = causal_linear_attn_naive if (naive or L == 1) else causal_linear_attn_chunk
     o, S = fn(q, k, v, log_a, initial_state)
     return (o, S) if output_final_state else o
 
@@ -181,7 +197,7 @@ def causal_normalised(
     q_rot: Optional[Tensor] = None,
     k_rot: Optional[Tensor] = None,
     eps: float = 1e-6,
-    backend: str = "chunk",
+    backend: str = "auto",
 ) -> Tensor:
     """Causal form of :func:`linear_attn_global`: token t attends to tokens s <= t only.
 

@@ -1,7 +1,7 @@
 """The readable reference: a plain loop over time, exactly the paper's recurrence (Eq. 9/10).
 
 Every fast path (chunked torch, Triton) is tested against these functions.
-Inputs arrive already validated and normalised by :mod:`vmiseq.ops.vmisa`:
+Inputs arrive already validated and normalised by :mod:`vmiseq.ops.scan`:
 ``alpha`` and ``decay`` are (B|1, L, 1|D), ``beta`` is () or (D,), ``positions``
 is (B|1, 1) absolute position of the first token.
 """

@@ -8,8 +8,9 @@ token i of sequence n sits at position ``offset[n] + i`` (``offset`` an int for 
 (N,) tensor). Alpha and decay are given per packed token ((1, T), (1, T, D), or a (T,)
 table indexed by packed token).
 
-This module validates those arguments and holds two implementations: the reference (one
-naive scan per sequence) and the torch backend's, built on :func:`chunk.scan_torch`:
+This module holds two implementations (the arguments are validated by
+:func:`.checks.check_cu_seqlens`): the reference (one naive scan per sequence) and the torch
+backend's, built on :func:`.chunk.scan_chunk`:
 the whole packed row is scanned at once with the recurrence cut at every sequence start
 (decay 0 there), then each sequence's initial state is added back, carried by the
 product of its decays, ``h_t = h_local_t + (prod_{bos..t} a) * h0_n``. Nothing crosses a
@@ -22,33 +23,6 @@ import torch
 from torch import Tensor
 
 from . import chunk, naive
-
-
-def check_cu_seqlens(cu_seqlens, q: Tensor) -> int:
-    """Validate ``cu_seqlens`` against q (1, T, D); return the number of sequences N."""
-    if not isinstance(cu_seqlens, Tensor):
-        raise TypeError(f"cu_seqlens: expected a 1-D int32 tensor of N+1 offsets, got {type(cu_seqlens).__name__}")
-    if cu_seqlens.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"cu_seqlens: expected an int32 (or int64) tensor, got dtype {cu_seqlens.dtype}")
-    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
-        raise ValueError(
-            f"cu_seqlens: expected a 1-D tensor of N+1 >= 2 offsets, got shape {tuple(cu_seqlens.shape)}"
-        )
-    if cu_seqlens.device != q.device:
-        raise ValueError(f"cu_seqlens: expected a tensor on {q.device} (the device of q), got one on {cu_seqlens.device}")
-    if q.shape[0] != 1:
-        raise ValueError(
-            f"q: with cu_seqlens the sequences are packed in one batch row, expected shape (1, T, D), "
-            f"got {tuple(q.shape)}"
-        )
-    if not torch.compiler.is_compiling():  # value checks need a host sync; skipped inside torch.compile
-        T = q.shape[1]
-        first, last = int(cu_seqlens[0]), int(cu_seqlens[-1])
-        if first != 0 or last != T:
-            raise ValueError(f"cu_seqlens: expected offsets from 0 to T={T}, got {first} ... {last}")
-        if bool((cu_seqlens[1:] < cu_seqlens[:-1]).any()):
-            raise ValueError("cu_seqlens: expected non-decreasing offsets, got a decreasing step")
-    return cu_seqlens.shape[0] - 1
 
 
 def scan_naive_varlen(
@@ -96,7 +70,7 @@ class Packing:
         return (start + self.local).unsqueeze(0)
 
 
-def scan_torch_varlen(
+def scan_chunk_varlen(
     q: Tensor,
     v: Tensor,
     alpha: Tensor,
@@ -121,7 +95,7 @@ def scan_torch_varlen(
     gate = torch.ones(1, T, 1, dtype=acc, device=q.device) if decay is None else decay
     cut = gate * (1.0 - first)  # a_t = 0 at a sequence start: the scan restarts from zero there
     # beta = 0 and no mask: the "outputs" are the states h of the zero-started scan
-    h, _ = chunk.scan_torch(q, v, alpha, zero_beta, q.new_zeros(1, D), pos0, False, cut)
+    h, _ = chunk.scan_chunk(q, v, alpha, zero_beta, q.new_zeros(1, D), pos0, False, cut)
     h0_tok = initial_state[pk.seq].unsqueeze(0)  # (1, T, D): initial state of each token's sequence
     if decay is None:
         h = h + h0_tok
@@ -130,7 +104,7 @@ def scan_torch_varlen(
         # each first token (h_start = a_start * 1), run on the gate's own width (1 or D).
         Dg = gate.shape[-1]
         ones = torch.ones(1, T, 1, dtype=acc, device=q.device)
-        P, _ = chunk.scan_torch(
+        P, _ = chunk.scan_chunk(
             first.expand(1, T, Dg), gate.expand(1, T, Dg), ones, zero_beta, q.new_zeros(1, Dg), pos0, False, cut
         )
         h = h + P * h0_tok
@@ -141,25 +115,3 @@ def scan_torch_varlen(
     last = (pk.ends - 1).clamp(min=0)
     final = torch.where(pk.nonempty.unsqueeze(-1), h[0, last], initial_state)
     return y, final
-
-
-def scan_torch(
-    q: Tensor,
-    v: Tensor,
-    alpha: Tensor,
-    beta: Tensor,
-    initial_state: Tensor,
-    positions: Tensor,
-    use_rank_mask: bool,
-    decay: Tensor | None,
-    cu_seqlens: Tensor | None,
-) -> tuple[Tensor, Tensor]:
-    """The torch backend for ordinary (``cu_seqlens=None``) and packed batches; q, v may be
-    in any float dtype, y comes back in q's dtype and the final states in the accumulation dtype."""
-    acc = initial_state.dtype
-    qa, va = q.to(acc), v.to(acc)
-    if cu_seqlens is None:
-        y, final = chunk.scan_torch(qa, va, alpha, beta, initial_state, positions, use_rank_mask, decay)
-    else:
-        y, final = scan_torch_varlen(qa, va, alpha, beta, initial_state, positions, use_rank_mask, decay, cu_seqlens)
-    return y.to(q.dtype), final

@@ -6,61 +6,51 @@ sees one opaque node (no graph break) and autograd uses our own backward.
 * ``vmiseq::scan_bwd(dy, dfinal, q, v, alpha, beta, h0, positions, decay?, cu_seqlens?,
   checkpoints, rank_mask, backend, need_ddecay) -> (dq, dv, dalpha, dbeta, dh0, ddecay)``
 
-``backend`` is "triton" (:mod:`.triton_scan`: our kernels, forward and backward) or
-"torch" (:func:`vmiseq.ops.varlen.scan_torch`, i.e. ``chunk.scan_torch`` and its hand-written
-backward). Eager torch calls skip the op and run autograd directly (no recomputation);
-under ``torch.compile`` the torch backend goes through the op too, and its backward
-recomputes the forward with autograd on (the op's implementation is opaque to the compiler,
-so the data-dependent code of the chunked scan never causes a graph break).
-Inputs arrive normalised by :func:`vmiseq.ops.vmisa.vmisa_scan`: alpha / decay are
-(B|1, L, 1|D) in the accumulation dtype, beta () or (D,), h0 (N, D), positions (N|1, 1) int64,
-cu_seqlens None or (N+1,) int32. ``checkpoints`` holds the state entering every chunk of the
-Triton forward (needed by its decay backward; empty otherwise).
+``backend`` is "triton" (``vmiseq.kernels.triton_scan``: our kernels, forward and backward)
+or "torch" (:func:`scan_torch_backend`: :func:`.chunk.scan_chunk` or, for packed batches,
+:func:`.varlen.scan_chunk_varlen`, with their hand-written backward). Eager torch calls skip
+the op and run autograd directly (no recomputation); under ``torch.compile`` the torch
+backend goes through the op too, and its backward recomputes the forward with autograd on
+(the op's implementation is opaque to the compiler, so the data-dependent code of the
+chunked scan never causes a graph break).
+Inputs arrive normalised by :func:`.scan.vmisa_scan`: alpha / decay are (B|1, L, 1|D) in the
+accumulation dtype, beta () or (D,), h0 (N, D), positions (N|1, 1) int64, cu_seqlens None or
+(N+1,) int32. ``checkpoints`` holds the state entering every chunk of the Triton forward
+(needed by its decay backward; empty otherwise).
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Optional
 
 import torch
 from torch import Tensor
 from torch._C import DispatchKey
 
-from vmiseq.ops import varlen
+from ..kernels import geometry, triton_available, triton_unavailable_reason
+from . import chunk, varlen
 
-_BACKENDS = ("torch", "triton")
-
-
-MIN_TRITON = (3, 4)  # triton.knobs, tl.gather, tl.range(num_stages=...)
+OP_BACKENDS = ("torch", "triton")  # the concrete backends of ``.scan.BACKENDS`` the op runs
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split("+")[0].split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
-@functools.lru_cache(maxsize=None)
-def triton_unavailable_reason() -> str | None:
-    """Why the Triton backend cannot run here (None when it can): triton missing, broken,
-    or older than ``MIN_TRITON``. A GPU is not required (the interpreter runs on CPU)."""
-    try:
-        import triton
-        import triton.language as tl
-    except Exception as err:  # ImportError, or a broken install raising something else
-        return f"triton does not import ({type(err).__name__}: {err}); pip install 'triton>={'.'.join(map(str, MIN_TRITON))}'"
-    version = getattr(triton, "__version__", "0")
-    if _version_tuple(version) < MIN_TRITON or not hasattr(triton, "knobs") or not hasattr(tl, "gather"):
-        return f"triton {version} is too old: the kernels need triton >= {'.'.join(map(str, MIN_TRITON))}"
-    return None
-
-
-def triton_available() -> bool:
-    """True when a recent enough ``triton`` imports (see :func:`triton_unavailable_reason`)."""
-    return triton_unavailable_reason() is None
+def scan_torch_backend(
+    q: Tensor,
+    v: Tensor,
+    alpha: Tensor,
+    beta: Tensor,
+    initial_state: Tensor,
+    positions: Tensor,
+    use_rank_mask: bool,
+    decay: Tensor | None,
+    cu_seqlens: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """The torch backend for ordinary (``cu_seqlens=None``) and packed batches; q, v may be
+    in any float dtype, y comes back in q's dtype and the final states in the accumulation
+    dtype (that of ``initial_state``)."""
+    acc = initial_state.dtype
+    args = (q.to(acc), v.to(acc), alpha, beta, initial_state, positions, use_rank_mask, decay)
+    y, final = chunk.scan_chunk(*args) if cu_seqlens is None else varlen.scan_chunk_varlen(*args, cu_seqlens)
+    return y.to(q.dtype), final
 
 
 def _empty(ref: Tensor) -> Tensor:
@@ -68,8 +58,8 @@ def _empty(ref: Tensor) -> Tensor:
 
 
 def _check_backend(backend: str) -> None:
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend: expected one of {_BACKENDS} for the scan op, got {backend!r}")
+    if backend not in OP_BACKENDS:
+        raise ValueError(f"backend: expected one of {OP_BACKENDS} for the scan op, got {backend!r}")
 
 
 @contextlib.contextmanager
@@ -94,7 +84,7 @@ def _torch_backward(dy, dfinal, q, v, alpha, beta, h0, positions, decay, cu_seql
         dec = None
         if decay is not None:
             dec = decay.detach().requires_grad_(need_ddecay)
-        y, final = varlen.scan_torch(*leaves, positions, rank_mask, dec, cu_seqlens)
+        y, final = scan_torch_backend(*leaves, positions, rank_mask, dec, cu_seqlens)
         wrt = leaves + ([dec] if need_ddecay else [])
         grads = torch.autograd.grad((y, final), wrt, (dy, dfinal), allow_unused=True)
     grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, wrt)]
@@ -109,11 +99,11 @@ def scan_fwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     _check_backend(backend)
     if backend == "triton":
-        from . import triton_scan
+        from ..kernels import triton_scan  # lazy: CPU paths never import triton
 
-        y, final, ck = triton_scan.scan_fwd(q, v, alpha, beta, h0, positions, decay, cu_seqlens, rank_mask)
+        y, final, ck = triton_scan.launch_fwd(q, v, alpha, beta, h0, positions, decay, cu_seqlens, rank_mask)
         return y, final, ck
-    y, final = varlen.scan_torch(q, v, alpha, beta, h0, positions, rank_mask, decay, cu_seqlens)
+    y, final = scan_torch_backend(q, v, alpha, beta, h0, positions, rank_mask, decay, cu_seqlens)
     return y.contiguous(), final.clone(), _empty(h0)
 
 
@@ -123,9 +113,7 @@ def _scan_fwd_fake(q, v, alpha, beta, h0, positions, decay, cu_seqlens, rank_mas
     y = q.new_empty((B, L, D))
     final = h0.new_empty(h0.shape)
     if backend == "triton" and decay is not None:
-        from . import geometry as geo
-
-        ck = h0.new_empty((geo.checkpoint_rows(h0.shape[0], B, L, cu_seqlens is not None), D))
+        ck = h0.new_empty((geometry.checkpoint_rows(h0.shape[0], B, L, cu_seqlens is not None), D))
     else:
         ck = _empty(h0)
     return y, final, ck
@@ -139,9 +127,9 @@ def scan_bwd(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     _check_backend(backend)
     if backend == "triton":
-        from . import triton_scan
+        from ..kernels import triton_scan
 
-        grads = triton_scan.scan_bwd(
+        grads = triton_scan.launch_bwd(
             dy, dfinal, q, v, alpha, beta, h0, positions, decay, cu_seqlens, checkpoints, rank_mask, need_ddecay
         )
     else:
@@ -211,6 +199,6 @@ def vmisa_scan_op(
     if backend == "triton" and not torch.compiler.is_compiling() and not triton_available():
         raise ImportError(f"backend: 'triton' cannot run: {triton_unavailable_reason()}; use backend='torch'")
     if backend == "torch" and not (force_op or torch.compiler.is_compiling()):
-        return varlen.scan_torch(q, v, alpha, beta, h0, positions, bool(rank_mask), decay, cu_seqlens)
+        return scan_torch_backend(q, v, alpha, beta, h0, positions, bool(rank_mask), decay, cu_seqlens)
     y, final, _ = scan_fwd(q, v, alpha, beta, h0, positions, decay, cu_seqlens, bool(rank_mask), backend)
     return y, final
