@@ -42,6 +42,8 @@ FORM_DEFAULTS = {
     "conv_dims": (None, 1, 2),
     "conv_kernel": (None, 4, 7),
 }
+# settings that are counts (conv_kernel=1 disables the local mixing).
+POSITIVE_INTS = ("dim", "expand", "conv_kernel")
 # setting -> the values it may take.
 CHOICES = {"alpha": ALPHA_MODES, "decay": DECAY_MODES, "norm": NORMS, "conv_dims": (1, 2), "backend": BACKENDS}
 # (argument, setting, value, allowed, why): where ``setting == value``, ``argument`` must be
@@ -56,12 +58,15 @@ COMBINATIONS = (
 
 
 def resolve_settings(**settings) -> dict:
-    """Fill the form's defaults and check every setting and combination (``FORM_DEFAULTS``,
-    ``CHOICES``, ``COMBINATIONS``); a ValueError names the argument, the expected values
+    """Fill the form's defaults and check every setting (``POSITIVE_INTS``, ``CHOICES``) and
+    combination (``COMBINATIONS``); a ValueError names the argument, the expected values
     and the value given."""
     for name, (marker, causal_default, global_default) in FORM_DEFAULTS.items():
         if settings[name] == marker:
             settings[name] = causal_default if settings["causal"] else global_default
+    for name in POSITIVE_INTS:
+        if not isinstance(settings[name], int) or settings[name] <= 0:
+            raise ValueError(f"{name}: expected a positive int, got {settings[name]!r}")
     for name, allowed in CHOICES.items():
         if settings[name] not in allowed:
             raise ValueError(f"{name}: expected one of {tuple(allowed)}, got {settings[name]!r}")
@@ -70,13 +75,7 @@ def resolve_settings(**settings) -> dict:
             raise ValueError(
                 f"{name}: expected one of {allowed} with {key}={value!r} ({why}), got {name}={settings[name]!r}"
             )
-    if settings["conv_kernel"] < 1:
-        raise ValueError(f"conv_kernel: expected >= 1, got {settings['conv_kernel']}")
     return settings
-
-
-def _inv_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
 
 
 class VMISALayer(StreamingMixer):
@@ -100,10 +99,8 @@ class VMISALayer(StreamingMixer):
             sigmoid(w.u + b), initialised near 0.97 (a memory of a few dozen tokens that
             training can lengthen). "scalar": a learned per-channel constant, half-lives
             spread from 4 to 4,096 tokens at init. None: the paper's plain prefix sum
-            (a_t = 1): exact for the paper's models and fixed-length inputs, but its state
-            grows like t, so on streams of ~10^5 tokens and more ReLU6 saturates and the
-            output stops responding to the input; use a decay for unbounded streams
-            (docs/lm.md, "Long streams").
+            (a_t = 1), exact for fixed-length inputs, but its state grows like t: on streams
+            of ~10^5 tokens ReLU6 saturates; use a decay there (docs/lm.md, "Long streams").
         conv_kernel: depthwise conv size (default 4 causal, 7 non-causal); 1 disables mixing.
         conv_dims: 1 (sequences) or 2 (images); default 1 if causal else 2.
         norm: "layernorm", "rmsnorm", "batchnorm" (non-causal only) or "none";
@@ -137,12 +134,8 @@ class VMISALayer(StreamingMixer):
         out_norm: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(dim, int) or dim <= 0:
-            raise ValueError(f"dim: expected a positive int, got {dim!r}")
-        if not isinstance(expand, int) or expand <= 0:
-            raise ValueError(f"expand: expected a positive int, got {expand!r}")
-        cfg = resolve_settings(causal=causal, alpha=alpha, decay=decay, norm=norm, conv_dims=conv_dims,
-                               conv_kernel=conv_kernel, backend=backend, out_norm=out_norm)
+        cfg = resolve_settings(dim=dim, expand=expand, causal=causal, alpha=alpha, decay=decay, norm=norm,
+                               conv_dims=conv_dims, conv_kernel=conv_kernel, backend=backend, out_norm=out_norm)
         decay, norm, conv_dims, kernel = cfg["decay"], cfg["norm"], cfg["conv_dims"], cfg["conv_kernel"]
         if grid_size is not None:
             grid_size = (int(grid_size[0]), int(grid_size[1]))
@@ -177,7 +170,7 @@ class VMISALayer(StreamingMixer):
         elif alpha == "input":
             self.alpha_proj = nn.Linear(dim, 1)
             nn.init.normal_(self.alpha_proj.weight, std=0.02)
-            nn.init.constant_(self.alpha_proj.bias, _inv_softplus(alpha_init))
+            nn.init.constant_(self.alpha_proj.bias, alpha_init + math.log(-math.expm1(-alpha_init)))  # softplus^-1
         else:
             self.alpha_value = nn.Parameter(torch.tensor(float(alpha_init)))
         if decay == "input":
@@ -189,11 +182,9 @@ class VMISALayer(StreamingMixer):
             half_life = torch.logspace(math.log10(4), math.log10(4096), D)
             a = torch.exp(-math.log(2) / half_life)
             self.decay_logit = nn.Parameter(torch.log(a / (1 - a)))
-        if causal:
-            self.beta = nn.Parameter(torch.ones(D if beta_per_channel else ()))
-        else:
-            self.beta0 = nn.Parameter(torch.ones(D if beta_per_channel else ()))
-            self.beta1 = nn.Parameter(torch.ones(D if beta_per_channel else ()))
+        beta_shape = D if beta_per_channel else ()
+        for name in ("beta",) if causal else ("beta0", "beta1"):
+            setattr(self, name, nn.Parameter(torch.ones(beta_shape)))
 
     # ------------------------------------------------------------------ shared by both paths
     def check_input(self, x: Tensor) -> None:
@@ -288,11 +279,10 @@ class VMISALayer(StreamingMixer):
             self.check_state(state, x)
         B, L, _ = x.shape
         if L == 0:  # an empty chunk: empty output, the state passes through unchanged
+            out = x.new_zeros(B, 0, self.dim)
             if not output_state:
-                return x.new_zeros(B, 0, self.dim)
-            if state is None:
-                state = self.init_state(B, device=x.device, dtype=x.dtype)
-            return x.new_zeros(B, 0, self.dim), state
+                return out
+            return out, state if state is not None else self.init_state(B, device=x.device, dtype=x.dtype)
         if state is not None:
             check_positions(state.position)
         u, conv_buffer = causal_depthwise_conv(x, None if state is None else state.conv, self.conv.weight, self.conv.bias)
