@@ -35,9 +35,9 @@ def causal_depthwise_conv(
         xp = F.pad(x, (0, 0, K - 1, 0))
     else:
         xp = torch.cat([buffer.to(x.dtype).transpose(1, 2), x], dim=1)  # (B, K-1+L, C)
-    # a copy, not a view (not even an empty one, K = 1): the state must not keep the whole
-    # (B, L, C) input alive
-    new_buffer = xp[:, xp.shape[1] - (K - 1):].transpose(1, 2).clone(memory_format=torch.contiguous_format)
+    new_buffer = xp[:, L:].transpose(1, 2)  # the last K-1 inputs
+    if L > K - 1:  # a copy, not a view (not even an empty one): the state must not keep a long input alive
+        new_buffer = new_buffer.clone(memory_format=torch.contiguous_format)
     # K shifted multiply-adds in (B, L, C) layout: the same sum as F.conv1d, but several
     # times faster on CPU (forward and backward) for the small K used here.
     w = weight[:, 0]  # (C, K)

@@ -114,10 +114,11 @@ class StreamingMixer(nn.Module):
         expected["position"] = (B,)
         for name, shape in expected.items():
             t = getattr(state, name)
-            if t.dim() != len(shape) or any(isinstance(e, int) and e != n for e, n in zip(shape, t.shape)):
+            actual = tuple(t.shape)
+            if actual != shape and (len(actual) != len(shape) or any(e != n for e, n in zip(shape, actual) if isinstance(e, int))):
                 shown = "(" + ", ".join(str(e) for e in shape) + ("," if len(shape) == 1 else "") + ")"
                 raise ValueError(
-                    f"state.{name}: expected shape {shown} (batch {B}, width {self.dim}), got {tuple(t.shape)}: "
+                    f"state.{name}: expected shape {shown} (batch {B}, width {self.dim}), got {actual}: "
                     "was this state made for another batch size or layer?"
                 )
             if t.device != x.device:

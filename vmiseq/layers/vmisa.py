@@ -231,7 +231,7 @@ class VMISALayer(StreamingMixer):
                 f"state: positions up to {first + L} are beyond max_len={table.shape[0]} of the position "
                 f"alpha table (the state is at position {first} and x adds {L} tokens)"
             )
-        idx = positions.unsqueeze(1) + torch.arange(L, device=u.device)
+        idx = positions.unsqueeze(1) if L == 1 else positions.unsqueeze(1) + torch.arange(L, device=u.device)
         return table[idx]  # (B, L)
 
     def token_decay(self, u: Tensor) -> Optional[Tensor]:
