@@ -203,12 +203,12 @@ class VMISALayer(StreamingMixer):
 
     def token_alpha(
         self, u: Tensor, positions: Optional[Tensor] = None, grid: Optional[tuple[int, int]] = None,
-        last_position: Optional[int] = None,
+        max_position: Optional[int] = None,
     ) -> Tensor:
         """alpha_t for the tokens u (B, L, C): (B, L), or (L,) shared by the batch.
 
         ``positions`` (B,): absolute position of each row's first token (a stream), else 0;
-        ``last_position``: their maximum when the caller has read it (saves a host sync);
+        ``max_position``: their maximum, when the caller has read it (saves a host sync);
         ``grid``: the image's (H, W), which resizes a position table sized for another grid.
         """
         B, L, _ = u.shape
@@ -225,7 +225,7 @@ class VMISALayer(StreamingMixer):
                     f"x: sequence length {L} is beyond max_len={table.shape[0]} of the position alpha table"
                 )
             return table[:L]
-        first = last_position if last_position is not None else int(positions.max())
+        first = max_position if max_position is not None else int(positions.max())
         if first + L > table.shape[0]:
             raise ValueError(
                 f"state: positions up to {first + L} are beyond max_len={table.shape[0]} of the position "
@@ -322,7 +322,7 @@ class VMISALayer(StreamingMixer):
         q, v = self.f12(u[:, 0]).chunk(2, dim=-1)
         decay = self.token_decay(u)
         y, h = vmisa_step(
-            F.relu6(q), v, self.token_alpha(u, state.position, last_position=hi), self.beta, state.h, state.position,
+            F.relu6(q), v, self.token_alpha(u, state.position, max_position=hi), self.beta, state.h, state.position,
             rank_mask=self.rank_mask and lo < self.inner - 1,  # M_t = 1 everywhere once t >= D - 1
             decay=None if decay is None else decay.flatten(1),
         )
