@@ -19,8 +19,6 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from .vmisa import acc_dtype
-
 
 def vmisa_step(
     q: Tensor,
@@ -50,7 +48,9 @@ def vmisa_step(
         (y_t, h_t): y_t (B, D) in q's dtype and the new state h_t (B, D) in the
         accumulation dtype. ``state`` is not modified.
     """
-    acc = acc_dtype(q.dtype)
+    # The scans' accumulation dtype (``acc_dtype``) over both inputs: float64 if q or the
+    # state is float64, else float32 (half-precision q accumulates in float32).
+    acc = torch.promote_types(torch.promote_types(q.dtype, state.dtype), torch.float32)
     z = q.to(acc) * v.to(acc)
     h = state if decay is None else decay.to(acc) * state
     h = h.addcmul(z, alpha.to(acc))
