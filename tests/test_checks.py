@@ -1,6 +1,7 @@
 """Inputs that are valid though unusual are computed correctly (docs/core.md, "Input checks"):
 negative alpha, a decay of exactly 0, mixed precision under autocast, shape-only runs on the
-meta device; and ``inference_context`` switches dropout off for one context only."""
+meta device; ``inference_context`` switches dropout off for one context only; and the
+layer's constructor checks its settings from one table (``layers.vmisa.COMBINATIONS``)."""
 from __future__ import annotations
 
 import threading
@@ -10,6 +11,7 @@ import torch
 
 from vmiseq import VMISALayer, vmisa_scan
 from vmiseq.layers.dropout import Dropout, inference_context
+from vmiseq.layers.vmisa import CHOICES, COMBINATIONS
 
 B, L, D = 2, 37, 5
 
@@ -101,3 +103,34 @@ def test_inference_context_switches_dropout_off_for_this_context_only():
         assert torch.equal(drop(x), x)
     assert not torch.equal(seen["other"], x)  # another thread still trains
     assert not torch.equal(drop(x), x)  # and so does this one, after the context
+
+
+# ----------------------------------------------------------------------- the constructor's table
+@pytest.mark.parametrize("rule", COMBINATIONS, ids=[f"{r[0]}-with-{r[1]}={r[2]}" for r in COMBINATIONS])
+def test_each_combination_rule_raises_naming_the_argument(rule):
+    """Every row of ``COMBINATIONS`` rejects a value outside its allowed set, in a ValueError
+    naming the argument, the setting that restricts it, the allowed values and the value
+    given; every allowed value builds a layer."""
+    name, key, value, allowed, _ = rule
+    bad = next(c for c in CHOICES.get(name, (True, False)) if c not in allowed)
+    with pytest.raises(ValueError) as info:
+        VMISALayer(8, **{key: value, name: bad})
+    msg = str(info.value)
+    for piece in (f"{name}:", f"{key}={value!r}", repr(allowed), f"got {name}={bad!r}"):
+        assert piece in msg, f"{msg!r} lacks {piece!r}"
+    for ok in allowed:
+        VMISALayer(8, **{key: value, name: ok})
+
+
+@pytest.mark.parametrize("causal,expected", [(True, ("input", "layernorm", 1, 4)), (False, (None, "batchnorm", 2, 7))])
+def test_form_defaults(causal, expected):
+    """Arguments left at their default take the form's: decay, norm, conv_dims, conv_kernel."""
+    layer = VMISALayer(8, causal=causal)
+    assert (layer.decay_mode, layer.norm_name, layer.conv_dims, layer.kernel) == expected
+
+
+@pytest.mark.parametrize("name,value", [("dim", 0), ("expand", 1.5), ("conv_kernel", 0), ("conv_dims", 3), ("backend", "gpu")])
+def test_settings_out_of_range_name_the_argument(name, value):
+    kwargs = {"dim": 8, name: value}
+    with pytest.raises(ValueError, match=f"{name}: expected .*got {value!r}"):
+        VMISALayer(**kwargs)

@@ -1,6 +1,7 @@
 """VMISALayer / VMISABlock: strict causality, streaming (step and chunked forward with a
 carried state) equal to one full forward, the image path equal to the flattened sequence,
-and gradcheck in float64."""
+and gradcheck in float64; and the layer's parts: the one-token recurrence (ops.recurrent)
+against the naive scan, the causal conv buffer, BatchNorm folding, the shared state protocol."""
 from __future__ import annotations
 
 import pytest
@@ -10,6 +11,11 @@ from einops import rearrange
 from torch.func import functional_call
 
 from vmiseq import VMISABlock, VMISALayer, vmisa_global
+from vmiseq.layers import CausalSelfAttention, GatedLinearAttention
+from vmiseq.layers.conv import causal_depthwise_conv
+from vmiseq.layers.fusion import fold_batchnorm, fold_batchnorm_into
+from vmiseq.ops.naive import scan_naive
+from vmiseq.ops.recurrent import vmisa_step
 
 F64 = torch.float64
 
@@ -226,3 +232,126 @@ def test_gradcheck_image_layer():
     params = [p.detach().clone().requires_grad_() for _, p in layer.named_parameters()]
     x = torch.randn(1, 3, 3, 4, dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, *ps: functional_call(layer, dict(zip(names, ps)), (x,)), (x, *params))
+
+
+# ----------------------------------------------------------------------- the parts
+@pytest.mark.parametrize("rank_mask", [True, False])
+@pytest.mark.parametrize("alpha_kind", ["token", "channel", "table"])
+@pytest.mark.parametrize("decay_kind", [None, "token", "channel"])
+def test_recurrent_step_equals_the_naive_scan(rank_mask, alpha_kind, decay_kind):
+    """ops.recurrent.vmisa_step run token by token == ops.naive.scan_naive (float64, outputs
+    and final state), with per-row positions on both sides of the rank mask's edge (D = 12)."""
+    torch.manual_seed(0)
+    B, L, D = 3, 29, 12
+    q, v = torch.randn(B, L, D, dtype=F64), torch.randn(B, L, D, dtype=F64)
+    alpha = {"token": torch.rand(B, L, 1), "channel": torch.randn(B, L, D), "table": torch.randn(1, L, 1)}[alpha_kind].to(F64)
+    decay = None if decay_kind is None else torch.rand(B, L, 1 if decay_kind == "token" else D, dtype=F64)
+    beta, h0 = torch.randn(D, dtype=F64), torch.randn(B, D, dtype=F64)
+    positions = torch.tensor([0, 5, 40])
+    y_ref, h_ref = scan_naive(q * v, alpha, beta, h0, positions.unsqueeze(1), rank_mask, decay)
+    h, ys = h0.clone(), []
+    for t in range(L):
+        y_t, h = vmisa_step(q[:, t], v[:, t], alpha[:, t], beta, h, positions + t, rank_mask=rank_mask,
+                            decay=None if decay is None else decay[:, t])
+        ys.append(y_t)
+    torch.testing.assert_close(torch.stack(ys, 1), y_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(h, h_ref, rtol=0, atol=1e-12)
+    assert not torch.equal(h, h0)
+
+
+def test_recurrent_step_keeps_its_inputs_and_dtypes():
+    """A pure function: the state passed in is not modified; y in q's dtype, h in the
+    accumulation dtype; the rank mask is all ones from position D - 1 on (the layer skips it)."""
+    q, v = torch.randn(2, 6).bfloat16(), torch.randn(2, 6).bfloat16()
+    h0 = torch.randn(2, 6)
+    kept = h0.clone()
+    y, h = vmisa_step(q, v, torch.rand(2, 1), 1.0, h0, torch.tensor([0, 2]), decay=torch.rand(6))
+    assert torch.equal(h0, kept) and y.dtype == torch.bfloat16 and h.dtype == torch.float32
+    alpha, late, early = torch.rand(2, 1), torch.tensor([5, 9]), torch.tensor([0, 2])
+    masked, _ = vmisa_step(q, v, alpha, 0.5, h0, late, rank_mask=True)
+    plain, _ = vmisa_step(q, v, alpha, 0.5, h0, late, rank_mask=False)
+    torch.testing.assert_close(masked, plain, rtol=0, atol=0)
+    assert not torch.equal(vmisa_step(q, v, alpha, 0.5, h0, early)[0], plain)
+
+
+@pytest.mark.parametrize("K", [1, 2, 4])
+def test_causal_conv_buffer_continues_a_stream(K):
+    """layers.conv.causal_depthwise_conv == a left-padded F.conv1d; chunks of a stream
+    (empty and single-token ones included) with the carried buffer == the whole sequence."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(5, 5, K, groups=5).double()
+    x = torch.randn(2, 23, 5, dtype=F64)
+    ref = conv(F.pad(x.transpose(1, 2), (K - 1, 0))).transpose(1, 2)
+    full, buffer = causal_depthwise_conv(x, None, conv.weight, conv.bias)
+    torch.testing.assert_close(full, ref, rtol=0, atol=1e-13)
+    torch.testing.assert_close(buffer, x[:, 23 - (K - 1):].transpose(1, 2), rtol=0, atol=0)
+    assert buffer.untyped_storage().nbytes() == buffer.numel() * 8  # a copy, not a view of x
+    buffer, ys, t = torch.zeros(2, 5, K - 1, dtype=F64), [], 0
+    for n in (0, 1, 7, 2, 13):
+        y, buffer = causal_depthwise_conv(x[:, t : t + n], buffer, conv.weight, conv.bias)
+        ys.append(y)
+        t += n
+    torch.testing.assert_close(torch.cat(ys, 1), full, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_fold_batchnorm_into_conv_and_linear(affine):
+    """fold_batchnorm is the eval-mode BatchNorm as x * scale + shift; folded into the conv
+    or Linear that feeds it, outputs are unchanged (float64)."""
+    torch.manual_seed(0)
+    for layer, bn, x in [
+        (torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6, affine=affine), torch.randn(2, 3, 5, 5)),
+        (torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6, affine=affine), torch.randn(7, 4)),
+    ]:
+        layer, bn, x = layer.double(), bn.double().eval(), x.double()
+        with torch.no_grad():
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            if affine:
+                bn.weight.normal_()
+                bn.bias.normal_()
+            scale, shift = fold_batchnorm(bn)
+            y = layer(x)
+            view = (-1,) + (1,) * (y.dim() - 2)
+            torch.testing.assert_close(bn(y), y * scale.reshape(view) + shift.reshape(view))
+            ref = bn(layer(x))
+            fold_batchnorm_into(layer, bn)
+            torch.testing.assert_close(layer(x), ref)
+
+
+STATEFUL = {
+    "vmisa": lambda: VMISALayer(8, alpha="position", max_len=64),
+    "gla": lambda: GatedLinearAttention(8, 2),
+    "attention": lambda: CausalSelfAttention(8, 2),
+}
+
+
+@pytest.mark.parametrize("name", list(STATEFUL))
+def test_state_protocol_shared_by_every_causal_mixer(name):
+    """init_state / check_state / step (layers.state.StreamingMixer): a fresh state at
+    position 0, step == forward (float64), and errors that name the field and the batch."""
+    torch.manual_seed(0)
+    layer = STATEFUL[name]().double().eval()
+    x = torch.randn(2, 9, 8, dtype=F64)
+    state = layer.init_state(2)
+    assert state.position.tolist() == [0, 0] and all(not t.any() for t in state._fields())
+    assert state._fields()[0].dtype == F64  # the first field (conv window, keys) takes the parameters' dtype
+    with torch.no_grad():
+        full, full_state = layer(x, output_state=True)
+        ys = []
+        for t in range(9):
+            y_t, state = layer.step(x[:, t], state)
+            ys.append(y_t)
+    torch.testing.assert_close(torch.stack(ys, 1), full)
+    assert state.position.tolist() == full_state.position.tolist() == [9, 9]
+    with pytest.raises(ValueError, match=r"state\.\w+: expected shape .*batch 3"):
+        layer.check_state(state, torch.randn(3, 1, 8, dtype=F64))
+    with pytest.raises(TypeError, match=f"state: expected a {type(state).__name__}, got dict"):
+        layer(x, {"h": 0})
+    state.position = state.position.float()
+    with pytest.raises(TypeError, match="state.position: expected an integer tensor"):
+        layer.check_state(state, x)
+    with pytest.raises(ValueError, match=r"x_t: expected one token per sequence, shape \(B, C\)"):
+        layer.step(x, layer.init_state(2))
+    with pytest.raises(ValueError, match="batch_size: expected a positive int"):
+        layer.init_state(0)

@@ -197,7 +197,7 @@ def test_fuse_keeps_outputs_and_locks_training(tmp_path):
 def test_fused_residual_path_equals_the_plain_block(kwargs, fast, monkeypatch):
     """The deployment path (oneDNN epilogues, in-place element-wise work) computes exactly
     x + layer(x) of the unfused layer; without oneDNN's fused Linear it falls back."""
-    import vmiseq.layers.vmisa as vmisa_mod
+    import vmiseq.layers.fusion as vmisa_mod
     from vmiseq.layers import VMISABlock
 
     calls = []

@@ -3,7 +3,7 @@ from .attention import CausalSelfAttention, KVCache
 from .block import MLP, DropPath, VMISABlock
 from .gla import GatedLinearAttention, GLAState
 from .mlla import MLLABlock
-from .state import VMISAState
+from .state import StreamingMixer, VMISAState
 from .vmisa import VMISALayer, resize_alpha_table
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "GatedLinearAttention",
     "GLAState",
     "MLLABlock",
+    "StreamingMixer",
     "VMISALayer", "VMISABlock", "VMISAState", "DropPath", "MLP", "resize_alpha_table"]

@@ -15,9 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import check_dtype
 from .dropout import Dropout, dropout_active
-from .state import BatchedState
+from .state import BatchedState, StreamingMixer
 
 
 @dataclass
@@ -59,13 +58,15 @@ class KVCache(BatchedState):
         )
 
 
-class CausalSelfAttention(nn.Module):
+class CausalSelfAttention(StreamingMixer):
     """Multi-head causal self-attention through ``F.scaled_dot_product_attention``.
 
     Args:
         dim: channels C (input and output). n_heads: heads (C must divide evenly).
         dropout: attention and output dropout. bias: biases in the projections.
     """
+
+    state_class = KVCache
 
     def __init__(self, dim: int, n_heads: int = 4, dropout: float = 0.0, bias: bool = True) -> None:
         super().__init__()
@@ -80,34 +81,13 @@ class CausalSelfAttention(nn.Module):
         self.drop = Dropout(dropout)
 
     # ------------------------------------------------------------------ state
+    def state_fields(self, batch_size: int, dtype: torch.dtype) -> dict:
+        shape = (batch_size, "T", self.n_heads, self.head_dim)  # T: the cache's capacity
+        return {"k": (shape, dtype), "v": (shape, dtype)}
+
     def init_state(self, batch_size: int, device=None, dtype=None, capacity: int = 0) -> KVCache:
         """An empty cache at position 0 (``capacity`` pre-allocates that many tokens)."""
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-        ref = self.qkv.weight
-        device = device if device is not None else ref.device
-        dtype = dtype if dtype is not None else ref.dtype
-        shape = (batch_size, capacity, self.n_heads, self.head_dim)
-        return KVCache(
-            torch.zeros(shape, device=device, dtype=dtype),
-            torch.zeros(shape, device=device, dtype=dtype),
-            torch.zeros(batch_size, dtype=torch.long, device=device),
-        )
-
-    def check_state(self, state: KVCache, x: Tensor) -> None:
-        """Raise a clear error when ``state`` does not belong to this layer and batch."""
-        if not isinstance(state, KVCache):
-            raise TypeError(f"state: expected a KVCache, got {type(state).__name__}")
-        B = x.shape[0]
-        if state.k.dim() != 4 or tuple(state.k.shape[2:]) != (self.n_heads, self.head_dim) or state.k.shape[0] != B:
-            raise ValueError(
-                f"state.k: expected shape (B, T, H, hd) with B={B}, H={self.n_heads}, hd={self.head_dim}, "
-                f"got {tuple(state.k.shape)}: was this state made for another batch size or layer?"
-            )
-        if tuple(state.position.shape) != (B,):
-            raise ValueError(f"state.position: expected shape ({B},), got {tuple(state.position.shape)}")
-        if state.k.device != x.device:
-            raise ValueError(f"state.k: expected a tensor on {x.device} (the device of x), got {state.k.device}")
+        return super().init_state(batch_size, device, dtype, T=capacity)
 
     def _append(self, state: KVCache, k: Tensor, v: Tensor) -> tuple[KVCache, Tensor]:
         """Write k, v (B, L, H, hd) at each row's position; returns the new cache and the
@@ -146,10 +126,7 @@ class CausalSelfAttention(nn.Module):
 
         Returns y (B, L, C), or (y, new_state) when ``output_state=True``.
         """
-        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.dim:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x: expected shape (B, L, C) with C={self.dim}, got {shape}")
-        check_dtype("x", x, self.qkv.weight.dtype)
+        self.check_sequence(x)
         B, L, _ = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).unbind(2)  # (B, L, H, hd)
         p = self.dropout if dropout_active(self) else 0.0
@@ -178,11 +155,7 @@ class CausalSelfAttention(nn.Module):
 
     def step(self, x_t: Tensor, state: KVCache) -> tuple[Tensor, KVCache]:
         """Advance one token: x_t (B, C) -> (y_t (B, C), new cache). Cost grows with position."""
-        if not isinstance(x_t, Tensor) or x_t.dim() != 2:
-            shape = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
-            raise ValueError(f"x_t: expected one token per sequence, shape (B, C) with C={self.dim}, got {shape}")
-        y, new_state = self.forward(x_t.unsqueeze(1), state, output_state=True)
-        return y.squeeze(1), new_state
+        return super().step(x_t, state)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, n_heads={self.n_heads}, dropout={self.dropout}"

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.linear_attn import causal_linear_attn_chunk, causal_linear_attn_naive, linear_attn_uses_naive
+from .conv import causal_depthwise_conv
 from .dropout import Dropout
-from .state import BatchedState
-from .checks import check_dtype
+from .state import BatchedState, StreamingMixer, next_position
 
 GATE_TEMPERATURE = 16.0  # GLA's normaliser: log a = logsigmoid(.) / 16 keeps forgetting slow
 MIN_LOG_DECAY = -4.0  # per-token clamp: exp(+-64) over a 16-token chunk (ops.linear_attn.CHUNK) stays inside float32
@@ -50,7 +50,7 @@ gla_naive = causal_linear_attn_naive
 gla_chunk = causal_linear_attn_chunk
 
 
-class GatedLinearAttention(nn.Module):
+class GatedLinearAttention(StreamingMixer):
     """Multi-head gated linear attention token mixer.
 
     Args:
@@ -59,6 +59,8 @@ class GatedLinearAttention(nn.Module):
             before the projections (1 disables it). gate_rank: rank of the forget-gate
             projection. dropout: output dropout. backend: "auto", "torch" or "naive" (reference loop).
     """
+
+    state_class = GLAState
 
     def __init__(
         self,
@@ -93,53 +95,20 @@ class GatedLinearAttention(nn.Module):
         self.o_proj = nn.Linear(vd, dim, bias=False)
         self.drop = Dropout(dropout)
 
-    def init_state(self, batch_size: int, device=None, dtype=None) -> GLAState:
-        """A fresh state at position 0."""
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-        ref = self.q_proj.weight
-        device = device if device is not None else ref.device
-        dtype = dtype if dtype is not None else ref.dtype
-        return GLAState(
-            conv=torch.zeros(batch_size, self.dim, self.kernel - 1, device=device, dtype=dtype),
-            S=torch.zeros(batch_size, self.n_heads, self.dk, self.dv, device=device, dtype=torch.float32),
-            position=torch.zeros(batch_size, dtype=torch.long, device=device),
-        )
-
-    def check_state(self, state: GLAState, x: Tensor) -> None:
-        """Raise a clear error when ``state`` does not belong to this layer and batch."""
-        if not isinstance(state, GLAState):
-            raise TypeError(f"state: expected a GLAState, got {type(state).__name__}")
-        B = x.shape[0]
-        expected = {
-            "conv": (B, self.dim, self.kernel - 1),
-            "S": (B, self.n_heads, self.dk, self.dv),
-            "position": (B,),
+    def state_fields(self, batch_size: int, dtype: torch.dtype) -> dict:
+        return {
+            "conv": ((batch_size, self.dim, self.kernel - 1), dtype),
+            "S": ((batch_size, self.n_heads, self.dk, self.dv), torch.float32),
         }
-        for name, shape in expected.items():
-            t = getattr(state, name)
-            if tuple(t.shape) != shape:
-                raise ValueError(
-                    f"state.{name}: expected shape {shape}, got {tuple(t.shape)}: was this state made for "
-                    "another batch size or layer?"
-                )
-            if t.device != x.device:
-                raise ValueError(f"state.{name}: expected a tensor on {x.device} (the device of x), got {t.device}")
 
     def forward(self, x: Tensor, state: Optional[GLAState] = None, output_state: bool = False):
         """Mix tokens of ``x`` (B, L, C); returns y, or (y, new_state) when ``output_state``."""
-        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.dim:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x: expected shape (B, L, C) with C={self.dim}, got {shape}")
-        check_dtype("x", x, self.conv.weight.dtype)
+        self.check_sequence(x)
         B, L, _ = x.shape
         if state is not None:
             self.check_state(state, x)
-        xc = x.transpose(1, 2)
-        K = self.kernel
-        xc = F.pad(xc, (K - 1, 0)) if state is None else torch.cat([state.conv.to(xc.dtype), xc], dim=2)
-        conv_buffer = xc[:, :, xc.shape[2] - (K - 1):]
-        u = F.silu(F.conv1d(xc, self.conv.weight, self.conv.bias, groups=self.dim)).transpose(1, 2)
+        u, conv_buffer = causal_depthwise_conv(x, None if state is None else state.conv, self.conv.weight, self.conv.bias)
+        u = F.silu(u)
 
         def heads(t: Tensor, d: int) -> Tensor:
             return t.view(B, L, self.n_heads, d).transpose(1, 2).float()
@@ -155,16 +124,7 @@ class GatedLinearAttention(nn.Module):
         y = self.drop(self.o_proj(o * F.silu(self.g_proj(u))))
         if not output_state:
             return y
-        pos = state.position + L if state is not None else torch.full((B,), L, dtype=torch.long, device=x.device)
-        return y, GLAState(conv_buffer, S, pos)
-
-    def step(self, x_t: Tensor, state: GLAState) -> tuple[Tensor, GLAState]:
-        """Advance one token: x_t (B, C) -> (y_t (B, C), new state). Cost independent of position."""
-        if not isinstance(x_t, Tensor) or x_t.dim() != 2:
-            shape = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
-            raise ValueError(f"x_t: expected one token per sequence, shape (B, C) with C={self.dim}, got {shape}")
-        y, new_state = self.forward(x_t.unsqueeze(1), state, output_state=True)
-        return y.squeeze(1), new_state
+        return y, GLAState(conv_buffer, S, next_position(state, x))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, n_heads={self.n_heads}, key_dim={self.key_dim}, value_dim={self.value_dim}, kernel={self.kernel}"

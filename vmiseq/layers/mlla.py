@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..ops.linear_attn import causal_normalised, linear_attn_global
 from .block import MLP, DropPath
+from .conv import causal_depthwise_conv
 from .gla import GATE_TEMPERATURE, MIN_LOG_DECAY
 
 __all__ = ["rope_tables", "apply_rope", "LinearAttention", "MLLABlock", "depthwise"]
@@ -55,11 +56,11 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 def depthwise(conv: nn.Module, x: Tensor) -> Tensor:
     """A depthwise conv on channels-last tokens: (B, H, W, C) through a 'same' Conv2d, or
-    (B, L, C) through a causal Conv1d (left padding: token t sees t-K+1..t)."""
+    (B, L, C) through the Conv1d's weights as the library's causal conv (token t sees
+    t-K+1..t; ``layers/conv.py``)."""
     if x.dim() == 4:
         return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-    k = conv.kernel_size[0]
-    return conv(F.pad(x.transpose(1, 2), (k - 1, 0))).transpose(1, 2)
+    return causal_depthwise_conv(x, None, conv.weight, conv.bias)[0]
 
 
 def _dw(dim: int, causal: bool) -> nn.Module:

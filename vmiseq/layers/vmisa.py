@@ -1,10 +1,15 @@
 """``VMISALayer``: the VMI-SA token mixer for sequences (causal) and images (non-causal).
 
-Data flow (the official VMINet block, DESIGN.md §2, minus the residual):
+Data flow (the official VMINet block, docs/design.md §2, minus the residual):
     x -> depthwise conv (local mixing) -> norm -> u
     q = ReLU6(f1(u)), v = f2(u)                       (C -> D = expand * C)
     y = VMI-SA(q, v)  (causal scan, or the global matrix form)
     out = dropout(g(ReLU6(y)))                         (D -> C)
+
+The layer has three parts, each a section below: the sequence path (causal: the scan of
+``ops.vmisa_scan`` over a chunk, the one-token step of ``ops.recurrent`` for decoding, the
+streaming state), the global path (non-causal: images, or whole sequences through
+``ops.vmisa_global``) and the deployment fusion of image layers (``layers/fusion.py``).
 """
 from __future__ import annotations
 
@@ -17,50 +22,63 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from ..ops import acc_dtype, vmisa_global, vmisa_scan
-from ..ops.chunk import global_chunk
-from ..ops.scan import BACKENDS
-from .checks import check_dtype, check_finite_output, check_finite_state, check_position_dtype, check_positions
+from ..ops import BACKENDS, acc_dtype, vmisa_global, vmisa_scan
+from ..ops.recurrent import vmisa_step
+from . import fusion
+from .checks import check_dtype, check_finite_output, check_finite_state, check_positions
+from .conv import causal_depthwise_conv
 from .dropout import Dropout
-from .state import VMISAState
+from .state import StreamingMixer, VMISAState, next_position
 
 ALPHA_MODES = ("input", "position", "constant")
 DECAY_MODES = (None, "input", "scalar")
 NORMS = ("layernorm", "rmsnorm", "batchnorm", "none")
 
-
-def _mkldnn_linear_ops():
-    """oneDNN's Linear with a fused epilogue (the ops torch.compile emits on CPU), or None.
-
-    ``_linear_pointwise(x, W, b, "hardtanh", [0, 6], "")`` is ``relu6(x @ W.T + b)`` and
-    ``_linear_pointwise.binary(x, r, W, b, "add")`` is ``r + x @ W.T + b``, each one pass
-    over the output instead of bias copy + GEMM + element-wise pass.
-    """
-    try:
-        op = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-        x, w = torch.ones(2, 3), torch.ones(4, 3)
-        if op is None or not torch.equal(op(x, w, None, "hardtanh", [0.0, 6.0], ""), torch.full((2, 4), 3.0)):
-            return None
-        if not torch.equal(op.binary(x, torch.ones(2, 4), w, None, "add"), torch.full((2, 4), 4.0)):
-            return None
-    except (RuntimeError, AttributeError, NotImplementedError):
-        return None
-    return op
-
-
-_MKLDNN_LINEAR = _mkldnn_linear_ops()
-
-
-def _choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}: expected one of {tuple(allowed)}, got {value!r}")
+# The constructor's settings as data. An argument left at its marker takes the default of
+# the layer's form: setting -> (marker, causal default, non-causal default).
+FORM_DEFAULTS = {
+    "decay": ("auto", "input", None),  # bounded by default where there is a recurrence to bound
+    "norm": (None, "layernorm", "batchnorm"),  # batchnorm: the official image layer
+    "conv_dims": (None, 1, 2),
+    "conv_kernel": (None, 4, 7),
+}
+# settings that are counts (conv_kernel=1 disables the local mixing).
+POSITIVE_INTS = ("dim", "expand", "conv_kernel")
+# setting -> the values it may take.
+CHOICES = {"alpha": ALPHA_MODES, "decay": DECAY_MODES, "norm": NORMS, "conv_dims": (1, 2), "backend": BACKENDS}
+# (argument, setting, value, allowed, why): where ``setting == value``, ``argument`` must be
+# one of ``allowed``.
+COMBINATIONS = (
+    ("norm", "causal", True, ("layernorm", "rmsnorm", "none"),
+     "batch statistics mix every position of the sequence, so training would leak future tokens into the past"),
+    ("conv_dims", "causal", True, (1,), "a causal layer works on sequences"),
+    ("decay", "causal", False, (None,), "only the causal form has a recurrence to decay"),
+    ("out_norm", "conv_dims", 1, (False,), "the BatchNorm after g is for images, conv_dims=2"),
+)
 
 
-def _inv_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
+def resolve_settings(**settings) -> dict:
+    """Fill the form's defaults and check every setting (``POSITIVE_INTS``, ``CHOICES``) and
+    combination (``COMBINATIONS``); a ValueError names the argument, the expected values
+    and the value given."""
+    for name, (marker, causal_default, global_default) in FORM_DEFAULTS.items():
+        if settings[name] == marker:
+            settings[name] = causal_default if settings["causal"] else global_default
+    for name in POSITIVE_INTS:
+        if not isinstance(settings[name], int) or settings[name] <= 0:
+            raise ValueError(f"{name}: expected a positive int, got {settings[name]!r}")
+    for name, allowed in CHOICES.items():
+        if settings[name] not in allowed:
+            raise ValueError(f"{name}: expected one of {tuple(allowed)}, got {settings[name]!r}")
+    for name, key, value, allowed, why in COMBINATIONS:
+        if settings[key] == value and settings[name] not in allowed:
+            raise ValueError(
+                f"{name}: expected one of {allowed} with {key}={value!r} ({why}), got {name}={settings[name]!r}"
+            )
+    return settings
 
 
-class VMISALayer(nn.Module):
+class VMISALayer(StreamingMixer):
     """VMI-SA token mixer.
 
     Args:
@@ -81,10 +99,8 @@ class VMISALayer(nn.Module):
             sigmoid(w.u + b), initialised near 0.97 (a memory of a few dozen tokens that
             training can lengthen). "scalar": a learned per-channel constant, half-lives
             spread from 4 to 4,096 tokens at init. None: the paper's plain prefix sum
-            (a_t = 1): exact for the paper's models and fixed-length inputs, but its state
-            grows like t, so on streams of ~10^5 tokens and more ReLU6 saturates and the
-            output stops responding to the input; use a decay for unbounded streams
-            (docs/lm.md, "Long streams").
+            (a_t = 1), exact for fixed-length inputs, but its state grows like t: on streams
+            of ~10^5 tokens ReLU6 saturates; use a decay there (docs/lm.md, "Long streams").
         conv_kernel: depthwise conv size (default 4 causal, 7 non-causal); 1 disables mixing.
         conv_dims: 1 (sequences) or 2 (images); default 1 if causal else 2.
         norm: "layernorm", "rmsnorm", "batchnorm" (non-causal only) or "none";
@@ -95,6 +111,8 @@ class VMISALayer(nn.Module):
         backend: operator backend ("auto", "naive", "torch", "triton").
         out_norm: BatchNorm2d after ``g`` (official VMINet v1; images only, ``conv_dims=2``).
     """
+
+    state_class = VMISAState
 
     def __init__(
         self,
@@ -116,38 +134,15 @@ class VMISALayer(nn.Module):
         out_norm: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(dim, int) or dim <= 0:
-            raise ValueError(f"dim: expected a positive int, got {dim!r}")
-        if not isinstance(expand, int) or expand <= 0:
-            raise ValueError(f"expand: expected a positive int, got {expand!r}")
-        _choice("alpha", alpha, ALPHA_MODES)
-        _choice("decay", decay, DECAY_MODES + ("auto",))
-        if decay == "auto":  # bounded by default where there is a recurrence to bound
-            decay = "input" if causal else None
-        _choice("backend", backend, BACKENDS)
-        norm = norm if norm is not None else ("layernorm" if causal else "batchnorm")
-        _choice("norm", norm, NORMS)
-        conv_dims = conv_dims if conv_dims is not None else (1 if causal else 2)
-        _choice("conv_dims", conv_dims, (1, 2))
-        if causal and norm == "batchnorm":
-            raise ValueError(
-                "norm: 'batchnorm' cannot be used with causal=True: batch statistics mix every "
-                "position of the sequence, so training would leak future tokens into the past; "
-                "use 'layernorm' or 'rmsnorm'"
-            )
-        if causal and conv_dims != 1:
-            raise ValueError(f"conv_dims: a causal layer works on sequences (1), got {conv_dims}")
-        if decay is not None and not causal:
-            raise ValueError(f"decay: only the causal form has a recurrence to decay, got decay={decay!r} with causal=False")
+        cfg = resolve_settings(dim=dim, expand=expand, causal=causal, alpha=alpha, decay=decay, norm=norm,
+                               conv_dims=conv_dims, conv_kernel=conv_kernel, backend=backend, out_norm=out_norm)
+        decay, norm, conv_dims, kernel = cfg["decay"], cfg["norm"], cfg["conv_dims"], cfg["conv_kernel"]
         if grid_size is not None:
             grid_size = (int(grid_size[0]), int(grid_size[1]))
             if max_len is None:
                 max_len = grid_size[0] * grid_size[1]
         if alpha == "position" and (max_len is None or max_len <= 0):
             raise ValueError(f"max_len: alpha='position' needs a positive table size, got {max_len!r}")
-        kernel = conv_kernel if conv_kernel is not None else (4 if causal else 7)
-        if kernel < 1:
-            raise ValueError(f"conv_kernel: expected >= 1, got {kernel}")
 
         self.dim, self.expand, self.inner = dim, expand, expand * dim
         self.causal, self.alpha_mode, self.decay_mode = causal, alpha, decay
@@ -160,19 +155,12 @@ class VMISALayer(nn.Module):
             self.conv = nn.Conv1d(dim, dim, kernel, groups=dim, bias=True)
         else:
             self.conv = nn.Conv2d(dim, dim, kernel, padding=kernel // 2, groups=dim, bias=True)
-        if norm == "layernorm":
-            self.norm = nn.LayerNorm(dim)
-        elif norm == "rmsnorm":
-            self.norm = nn.RMSNorm(dim)
-        elif norm == "batchnorm":
-            self.norm = nn.BatchNorm1d(dim) if conv_dims == 1 else nn.BatchNorm2d(dim)
-        else:
-            self.norm = nn.Identity()
+        batchnorm = nn.BatchNorm1d if conv_dims == 1 else nn.BatchNorm2d
+        norms = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm, "batchnorm": batchnorm, "none": lambda _: nn.Identity()}
+        self.norm = norms[norm](dim)
         self.f12 = nn.Linear(dim, 2 * D)  # f1 and f2 fused in one matmul
         self.g = nn.Linear(D, dim)
         self.drop = Dropout(dropout)
-        if out_norm and conv_dims != 2:
-            raise ValueError(f"out_norm: the BatchNorm after g is for images (conv_dims=2), got conv_dims={conv_dims}")
         self.out_norm = nn.BatchNorm2d(dim) if out_norm else None
         self.fused = False  # fuse() folded the BatchNorms (deployment only)
 
@@ -182,7 +170,7 @@ class VMISALayer(nn.Module):
         elif alpha == "input":
             self.alpha_proj = nn.Linear(dim, 1)
             nn.init.normal_(self.alpha_proj.weight, std=0.02)
-            nn.init.constant_(self.alpha_proj.bias, _inv_softplus(alpha_init))
+            nn.init.constant_(self.alpha_proj.bias, alpha_init + math.log(-math.expm1(-alpha_init)))  # softplus^-1
         else:
             self.alpha_value = nn.Parameter(torch.tensor(float(alpha_init)))
         if decay == "input":
@@ -194,43 +182,35 @@ class VMISALayer(nn.Module):
             half_life = torch.logspace(math.log10(4), math.log10(4096), D)
             a = torch.exp(-math.log(2) / half_life)
             self.decay_logit = nn.Parameter(torch.log(a / (1 - a)))
-        if causal:
-            self.beta = nn.Parameter(torch.ones(D if beta_per_channel else ()))
-        else:
-            self.beta0 = nn.Parameter(torch.ones(D if beta_per_channel else ()))
-            self.beta1 = nn.Parameter(torch.ones(D if beta_per_channel else ()))
+        beta_shape = D if beta_per_channel else ()
+        for name in ("beta",) if causal else ("beta0", "beta1"):
+            setattr(self, name, nn.Parameter(torch.ones(beta_shape)))
 
-    # ------------------------------------------------------------------ helpers
-    def _local_mix(self, x: Tensor, conv_buffer: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
-        """Depthwise conv + norm. Returns u as (B, L, C) and the new causal conv buffer."""
-        new_buffer = None
-        if self.conv_dims == 2:
-            u = self.conv(x)
-            if self.norm_name == "batchnorm":
-                return rearrange(self.norm(u), "b c h w -> b (h w) c"), None
-            return self.norm(rearrange(u, "b c h w -> b (h w) c")), None
-        if self.causal:
-            # Causal depthwise conv as K shifted multiply-adds in (B, L, C) layout: the same
-            # sum as F.conv1d, but several times faster on CPU (fwd + bwd) for small K.
-            K, L = self.kernel, x.shape[1]
-            if conv_buffer is None:
-                xp = F.pad(x, (0, 0, K - 1, 0))
-            else:
-                xp = torch.cat([conv_buffer.to(x.dtype).transpose(1, 2), x], dim=1)  # (B, K-1+L, C)
-            # a copy, not a view: the state must not keep the whole (B, L, C) input alive
-            new_buffer = xp[:, xp.shape[1] - (K - 1):].transpose(1, 2).contiguous()
-            w = self.conv.weight[:, 0]  # (C, K)
-            u = torch.addcmul(self.conv.bias, xp[:, :L], w[:, 0])
-            for k in range(1, K):
-                u = u.addcmul(xp[:, k : k + L], w[:, k])
-            return self.norm(u), new_buffer
-        xc = rearrange(x, "b l c -> b c l")
-        u = F.conv1d(xc, self.conv.weight, self.conv.bias, padding="same", groups=self.dim)
-        if self.norm_name == "batchnorm":
-            return rearrange(self.norm(u), "b c l -> b l c"), new_buffer
-        return self.norm(rearrange(u, "b c l -> b l c")), new_buffer
+    # ------------------------------------------------------------------ shared by both paths
+    def check_input(self, x: Tensor) -> None:
+        """``x`` must be (B, L, C) tokens, or (B, C, H, W) images for a 2-D layer, in the
+        dtype of the layer's parameters."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x: expected a tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
+        if self.conv_dims == 1:
+            if x.dim() != 3 or x.shape[-1] != self.dim:
+                raise ValueError(f"x: expected shape (B, L, C) with C={self.dim}, got {tuple(x.shape)}")
+        elif x.dim() != 4 or x.shape[1] != self.dim:
+            raise ValueError(f"x: expected an image batch (B, C, H, W) with C={self.dim}, got {tuple(x.shape)}")
+        check_dtype("x", x, self.f12.weight.dtype)
 
-    def _alpha(self, u: Tensor, positions: Optional[Tensor], grid: Optional[tuple[int, int]]) -> Tensor:
+    def token_alpha(
+        self, u: Tensor, positions: Optional[Tensor] = None, grid: Optional[tuple[int, int]] = None,
+        max_position: Optional[int] = None,
+    ) -> Tensor:
+        """alpha_t for the tokens u (B, L, C): (B, L), or (L,) shared by the batch.
+
+        ``positions`` (B,): absolute position of each row's first token (a stream), else 0;
+        ``max_position``: their maximum, when the caller has read it (saves a host sync);
+        ``grid``: the image's (H, W), which resizes a position table sized for another grid.
+        """
         B, L, _ = u.shape
         if self.alpha_mode == "input":
             return F.softplus(self.alpha_proj(u)).squeeze(-1)  # (B, L)
@@ -245,71 +225,23 @@ class VMISALayer(nn.Module):
                     f"x: sequence length {L} is beyond max_len={table.shape[0]} of the position alpha table"
                 )
             return table[:L]
-        last = int(positions.max()) + L
-        if last > table.shape[0]:
+        first = max_position if max_position is not None else int(positions.max())
+        if first + L > table.shape[0]:
             raise ValueError(
-                f"state: positions up to {last} are beyond max_len={table.shape[0]} of the position "
-                f"alpha table (the state is at position {int(positions.max())} and x adds {L} tokens)"
+                f"state: positions up to {first + L} are beyond max_len={table.shape[0]} of the position "
+                f"alpha table (the state is at position {first} and x adds {L} tokens)"
             )
-        idx = positions.unsqueeze(1) + torch.arange(L, device=u.device)
+        idx = positions.unsqueeze(1) if L == 1 else positions.unsqueeze(1) + torch.arange(L, device=u.device)
         return table[idx]  # (B, L)
 
-    def _decay(self, u: Tensor) -> Optional[Tensor]:
+    def token_decay(self, u: Tensor) -> Optional[Tensor]:
+        """The forget gate a_t for the tokens u (B, L, C): (B, L), (B, L, D) or None."""
         if self.decay_mode is None:
             return None
         if self.decay_mode == "input":
             return torch.sigmoid(self.decay_proj(u).to(acc_dtype(u.dtype))).squeeze(-1)
         B, L, _ = u.shape
         return torch.sigmoid(self.decay_logit.to(acc_dtype(u.dtype))).expand(B, L, -1)
-
-    def _check_input(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x: expected a tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
-        if self.conv_dims == 1:
-            if x.dim() != 3 or x.shape[-1] != self.dim:
-                raise ValueError(f"x: expected shape (B, L, C) with C={self.dim}, got {tuple(x.shape)}")
-        elif x.dim() != 4 or x.shape[1] != self.dim:
-            raise ValueError(f"x: expected an image batch (B, C, H, W) with C={self.dim}, got {tuple(x.shape)}")
-        check_dtype("x", x, self.f12.weight.dtype)
-
-    def check_state(self, state: VMISAState, x: Tensor) -> None:
-        """Raise a clear error when ``state`` does not belong to this layer and batch."""
-        if not isinstance(state, VMISAState):
-            raise TypeError(f"state: expected a VMISAState, got {type(state).__name__}")
-        B = x.shape[0]
-        expected = {
-            "conv": (B, self.dim, self.kernel - 1),
-            "h": (B, self.inner),
-            "position": (B,),
-        }
-        for name, shape in expected.items():
-            t = getattr(state, name)
-            if tuple(t.shape) != shape:
-                raise ValueError(
-                    f"state.{name}: expected shape {shape} (batch {B}, width {self.dim}, inner {self.inner}), "
-                    f"got {tuple(t.shape)}: was this state made for another batch size or layer?"
-                )
-            if t.device != x.device:
-                raise ValueError(f"state.{name}: expected a tensor on {x.device} (the device of x), got {t.device}")
-        check_position_dtype(state.position)
-
-    # ------------------------------------------------------------------ API
-    def init_state(self, batch_size: int, device=None, dtype=None) -> VMISAState:
-        """A fresh state at position 0 for ``batch_size`` sequences (causal layers only)."""
-        if not self.causal:
-            raise ValueError("init_state: a non-causal layer has no streaming state (causal=False)")
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-        ref = self.f12.weight
-        device = device if device is not None else ref.device
-        dtype = dtype if dtype is not None else ref.dtype
-        return VMISAState(
-            conv=torch.zeros(batch_size, self.dim, self.kernel - 1, device=device, dtype=dtype),
-            h=torch.zeros(batch_size, self.inner, device=device, dtype=acc_dtype(dtype)),
-            position=torch.zeros(batch_size, dtype=torch.long, device=device),
-        )
 
     def forward(self, x: Tensor, state: Optional[VMISAState] = None, output_state: bool = False):
         """Mix tokens.
@@ -322,58 +254,107 @@ class VMISALayer(nn.Module):
         Returns:
             y shaped like x, or (y, new_state) when ``output_state=True``.
         """
-        self._check_input(x)
+        self.check_input(x)
+        if self.causal:
+            return self._forward_sequence(x, state, output_state)
+        if state is not None or output_state:
+            raise ValueError("state: a non-causal layer sees the whole input at once and has no state")
+        return self._forward_global(x)
+
+    # ------------------------------------------------------------------ sequence path (causal)
+    def state_fields(self, batch_size: int, dtype: torch.dtype) -> dict:
+        return {
+            "conv": ((batch_size, self.dim, self.kernel - 1), dtype),  # the conv's last K-1 inputs
+            "h": ((batch_size, self.inner), acc_dtype(dtype)),  # the VMI-SA accumulator
+        }
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> VMISAState:
+        """A fresh state at position 0 for ``batch_size`` sequences (causal layers only)."""
         if not self.causal:
-            if state is not None or output_state:
-                raise ValueError("state: a non-causal layer sees the whole input at once and has no state")
-            if x.numel() == 0:  # no tokens (or an empty batch): nothing to mix, and conv would fail
-                return x.new_zeros(x.shape)
-            return self._forward_global(x)
+            raise ValueError("init_state: a non-causal layer has no streaming state (causal=False)")
+        return super().init_state(batch_size, device, dtype)
+
+    def _forward_sequence(self, x: Tensor, state: Optional[VMISAState], output_state: bool):
         if state is not None:
             self.check_state(state, x)
         B, L, _ = x.shape
         if L == 0:  # an empty chunk: empty output, the state passes through unchanged
+            out = x.new_zeros(B, 0, self.dim)
             if not output_state:
-                return x.new_zeros(B, 0, self.dim)
-            if state is None:
-                state = self.init_state(B, device=x.device, dtype=x.dtype)
-            return x.new_zeros(B, 0, self.dim), state
+                return out
+            return out, state if state is not None else self.init_state(B, device=x.device, dtype=x.dtype)
         if state is not None:
             check_positions(state.position)
-        u, conv_buffer = self._local_mix(x, None if state is None else state.conv)
+        u, conv_buffer = causal_depthwise_conv(x, None if state is None else state.conv, self.conv.weight, self.conv.bias)
+        u = self.norm(u)
         q, v = self.f12(u).chunk(2, dim=-1)
-        q = F.relu6(q)
         positions = None if state is None else state.position
         y, h = vmisa_scan(
-            q,
-            v,
-            self._alpha(u, positions, None),
-            self.beta,
-            initial_state=None if state is None else state.h,
-            offset=0 if state is None else state.position,
-            rank_mask=self.rank_mask,
-            decay=self._decay(u),
-            output_final_state=True,
-            backend=self.backend,
+            F.relu6(q), v, self.token_alpha(u, positions), self.beta, initial_state=None if state is None else state.h,
+            offset=0 if state is None else state.position, rank_mask=self.rank_mask, decay=self.token_decay(u),
+            output_final_state=True, backend=self.backend,
             check_values=False,  # decay is a sigmoid; the state is checked below, naming x
         )
         check_finite_state(self, h, x, None if state is None else state.h)
         out = self.drop(self.g(F.relu6(y)))
         if not output_state:
             return out
-        pos = state.position + L if state is not None else torch.full((B,), L, dtype=torch.long, device=x.device)
-        return out, VMISAState(conv_buffer, h, pos)
+        return out, VMISAState(conv_buffer, h, next_position(state, x))
+
+    def step(self, x_t: Tensor, state: VMISAState) -> tuple[Tensor, VMISAState]:
+        """Advance one token: x_t (B, C) -> (y_t (B, C), new state). Cost independent of position.
+
+        The same math as ``forward`` on a length-1 chunk (tested equal), without the
+        sequence machinery: the recurrence is ``ops.recurrent.vmisa_step`` (decode speed).
+        """
+        self.check_token(x_t)
+        if not self.causal:
+            raise ValueError("state: a non-causal layer sees the whole input at once and has no state")
+        if x_t.shape[-1] != self.dim or not x_t.is_floating_point():
+            raise ValueError(f"x_t: expected a floating (B, C) tensor with C={self.dim}, got {tuple(x_t.shape)} {x_t.dtype}")
+        check_dtype("x_t", x_t, self.f12.weight.dtype)
+        self.check_state(state, x_t)
+        # Positions are read only by the rank mask and the alpha table (a negative one would
+        # wrap round it): one host sync for both ends there, none otherwise (decode speed).
+        lo, hi = check_positions(state.position) if self.rank_mask or self.alpha_mode == "position" else (0, 0)
+        u, conv_buffer = causal_depthwise_conv(x_t.unsqueeze(1), state.conv, self.conv.weight, self.conv.bias)
+        u = self.norm(u)  # (B, 1, C)
+        q, v = self.f12(u[:, 0]).chunk(2, dim=-1)
+        decay = self.token_decay(u)
+        y, h = vmisa_step(
+            F.relu6(q), v, self.token_alpha(u, state.position, max_position=hi), self.beta, state.h, state.position,
+            rank_mask=self.rank_mask and lo < self.inner - 1,  # M_t = 1 everywhere once t >= D - 1
+            decay=None if decay is None else decay.flatten(1),
+        )
+        check_finite_state(self, h, x_t, state.h, "x_t")
+        out = self.drop(self.g(F.relu6(y)))
+        return out, VMISAState(conv_buffer, h, state.position + 1)
+
+    # ------------------------------------------------------------------ global path (non-causal)
+    def _mix_global(self, x: Tensor) -> Tensor:
+        """'Same'-padded depthwise conv + norm of images (B, C, H, W) or sequences (B, L, C);
+        returns u (B, L, C), tokens in raster order for images."""
+        if self.conv_dims == 2:
+            u, layout = self.conv(x), "b c h w -> b (h w) c"
+        else:
+            xc = rearrange(x, "b l c -> b c l")
+            u = F.conv1d(xc, self.conv.weight, self.conv.bias, padding="same", groups=self.dim)
+            layout = "b c l -> b l c"
+        if self.norm_name == "batchnorm":  # BatchNorm normalises channels-first
+            return rearrange(self.norm(u), layout)
+        return self.norm(rearrange(u, layout))
 
     def _forward_global(self, x: Tensor) -> Tensor:
+        if x.numel() == 0:  # no tokens (or an empty batch): nothing to mix, and conv would fail
+            return x.new_zeros(x.shape)
         grid = (x.shape[2], x.shape[3]) if x.dim() == 4 else None
-        u, _ = self._local_mix(x, None)
+        u = self._mix_global(x)
         # Inference (no autograd): activations in place, two fewer (B, L, D) allocations.
         inference = not torch.is_grad_enabled()
         q, v = self.f12(u).chunk(2, dim=-1)
         q = F.relu6(q, inplace=inference)
-        y = vmisa_global(
-            q, v, self._alpha(u, None, grid), self.beta0, self.beta1, rank_mask=self.rank_mask, backend=self.backend
-        )
+        alpha = self.token_alpha(u, grid=grid)
+        y = vmisa_global(q, v, alpha, self.beta0, self.beta1, rank_mask=self.rank_mask, backend=self.backend)
         out = self.g(F.relu6(y, inplace=inference))
         check_finite_output(self, out, x)
         if grid is None:
@@ -384,40 +365,7 @@ class VMISALayer(nn.Module):
             out = self.out_norm(out)
         return self.drop(out)
 
-    def residual_forward(self, x: Tensor) -> Tensor:
-        """``x + self(x)`` for a fused image layer at inference: the deployment fast path.
-
-        The same math as :meth:`_forward_global` plus the block's residual, arranged for
-        the fewest passes over the (B*H*W, D) activations: f1 with ReLU6 and f2 as two
-        oneDNN GEMMs with the bias (and ReLU6) in their epilogue, ``z = q * v`` in place,
-        the global sum and ``beta0 * s + beta1 * z`` written over z (``global_chunk``),
-        ReLU6 in place, and g with the residual add in its epilogue. Falls back to the plain
-        path where oneDNN's fused Linear is unavailable, off the CPU, for other dtypes, and
-        whenever autograd is on (input gradients of a deployed model still work).
-        """
-        usable = (
-            self.fused and _MKLDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.dim() == 4 and not self.training and not torch.is_grad_enabled()
-        )
-        if not usable or x.numel() == 0:
-            return x + self(x)
-        self._check_input(x)
-        B, C, H, W = x.shape
-        x = x.contiguous(memory_format=torch.channels_last)
-        u = self.conv(x)  # the BatchNorm is folded in
-        u = u.permute(0, 2, 3, 1).reshape(B * H * W, C)  # a free view in channels_last
-        w1, w2 = self.f12.weight.chunk(2, dim=0)
-        b1, b2 = self.f12.bias.chunk(2, dim=0)
-        z = _MKLDNN_LINEAR(u, w1, b1, "hardtanh", [0.0, 6.0], "")  # q = relu6(f1(u))
-        z.mul_(_MKLDNN_LINEAR(u, w2, b2, "none", [], ""))  # z = q * f2(u)
-        z = z.view(B, H * W, self.inner)
-        alpha = self._alpha(u.view(B, H * W, C), None, (H, W)).reshape(-1, H * W, 1)
-        y = global_chunk(z, alpha, self.beta0, self.beta1, self.rank_mask, overwrite_z=True).clamp_(0.0, 6.0)
-        res = x.permute(0, 2, 3, 1).reshape(B * H * W, C)
-        out = _MKLDNN_LINEAR.binary(y.view(B * H * W, self.inner), res, self.g.weight, self.g.bias, "add")
-        return out.view(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W), channels_last
-
-    @torch.no_grad()
+    # ------------------------------------------------------------------ deployment (layers/fusion.py)
     def fuse(self) -> "VMISALayer":
         """Fold the BatchNorms of an image layer into the convs around them, for deployment.
 
@@ -426,90 +374,18 @@ class VMISALayer(nn.Module):
         full pass over the activations per norm is saved. The layer is left in eval mode and
         must not be trained afterwards (the batch statistics are gone). Returns ``self``.
         """
-        if self.conv_dims != 2:
-            raise ValueError(f"fuse: only image layers (conv_dims=2) fuse their BatchNorms, got conv_dims={self.conv_dims}")
-        self.eval()
-        if isinstance(self.norm, nn.BatchNorm2d):
-            scale, shift = _bn_affine(self.norm)
-            self.conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-            self.conv.bias.copy_(self.conv.bias * scale + shift)
-            self.norm = nn.Identity()
-        if self.out_norm is not None:
-            scale, shift = _bn_affine(self.out_norm)
-            self.g.weight.mul_(scale.reshape(-1, 1))
-            self.g.bias.copy_(self.g.bias * scale + shift)
-            self.out_norm = None
-        self.fused = True
-        return self
+        return fusion.fuse_layer(self)
 
-    def step(self, x_t: Tensor, state: VMISAState) -> tuple[Tensor, VMISAState]:
-        """Advance one token: x_t (B, C) -> (y_t (B, C), new state). Cost independent of position."""
-        if not isinstance(x_t, Tensor) or x_t.dim() != 2:
-            shape = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
-            raise ValueError(f"x_t: expected one token per sequence, shape (B, C) with C={self.dim}, got {shape}")
-        if not self.causal:
-            raise ValueError("state: a non-causal layer sees the whole input at once and has no state")
-        if x_t.shape[-1] != self.dim or not x_t.is_floating_point():
-            raise ValueError(f"x_t: expected a floating (B, C) tensor with C={self.dim}, got {tuple(x_t.shape)} {x_t.dtype}")
-        check_dtype("x_t", x_t, self.f12.weight.dtype)
-        self.check_state(state, x_t)
-        # Positions are read only by the rank mask and the alpha table (a negative one would
-        # wrap round it): one host sync for both ends there, none otherwise (decode speed).
-        lo, hi = check_positions(state.position) if self.rank_mask or self.alpha_mode == "position" else (0, 0)
-        # The recurrence of Eq. 9 for one token, written out: the same math as forward() on a
-        # length-1 sequence (tested equal), without the sequence machinery (decode speed).
-        window = torch.cat([state.conv.to(x_t.dtype), x_t.unsqueeze(-1)], dim=2)  # (B, C, K)
-        w = self.conv.weight[:, 0]  # (C, K); same multiply-add order as _local_mix
-        u = torch.addcmul(self.conv.bias, window[:, :, 0], w[:, 0])
-        for k in range(1, self.kernel):
-            u = u.addcmul(window[:, :, k], w[:, k])
-        u = self.norm(u)
-        q, v = self.f12(u).chunk(2, dim=-1)
-        q = F.relu6(q)
-        acc = acc_dtype(q.dtype)
-        pos = state.position
-        if self.alpha_mode == "input":
-            alpha = F.softplus(self.alpha_proj(u)).to(acc)  # (B, 1)
-        elif self.alpha_mode == "constant":
-            alpha = self.alpha_value.to(acc)
-        else:
-            if hi + 1 > self.alpha_table.shape[0]:
-                raise ValueError(
-                    f"state: position {hi} is beyond max_len={self.alpha_table.shape[0]} of the position alpha table"
-                )
-            alpha = self.alpha_table[pos].unsqueeze(1).to(acc)
-        z = q.to(acc) * v.to(acc)
-        h = state.h
-        if self.decay_mode == "input":
-            h = torch.sigmoid(self.decay_proj(u).to(acc)) * h
-        elif self.decay_mode == "scalar":
-            h = torch.sigmoid(self.decay_logit.to(acc)) * h
-        h = h.addcmul(z, alpha)  # the operator's order of operations (bitwise-close results)
-        check_finite_state(self, h, x_t, state.h, "x_t")
-        y = h
-        if self.rank_mask and lo < self.inner - 1:  # M_t = 1 everywhere once t >= D - 1
-            y = y * (torch.arange(self.inner, device=pos.device) <= pos.unsqueeze(1)).to(acc)
-        y = torch.addcmul(y, z, self.beta.to(acc)).to(q.dtype)
-        out = self.drop(self.g(F.relu6(y)))
-        new_buffer = window[:, :, 1:] if self.kernel > 1 else window[:, :, :0]
-        return out, VMISAState(new_buffer, h, pos + 1)
+    def residual_forward(self, x: Tensor) -> Tensor:
+        """``x + self(x)`` for a fused image layer at inference: the deployment fast path
+        (oneDNN GEMMs with fused epilogues, see ``layers/fusion.py``); elsewhere the plain path."""
+        return fusion.residual_forward(self, x)
 
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, inner={self.inner}, causal={self.causal}, alpha={self.alpha_mode!r}, "
             f"decay={self.decay_mode!r}, rank_mask={self.rank_mask}, kernel={self.kernel}"
         )
-
-
-def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """Eval-mode BatchNorm as ``x * scale + shift`` per channel."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    return scale, shift
 
 
 def resize_alpha_table(table: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:

@@ -33,7 +33,8 @@ from torch import Tensor
 
 from ..hub import PretrainedMixin
 from ..layers.block import VMISABlock
-from ..layers.vmisa import VMISALayer, _bn_affine, resize_alpha_table
+from ..layers.fusion import fold_batchnorm, fold_batchnorm_into
+from ..layers.vmisa import VMISALayer, resize_alpha_table
 
 __all__ = ["VMINet", "VMINetConfig", "stage_grids", "convert_official_state_dict"]
 
@@ -185,9 +186,7 @@ class ConvBN(nn.Sequential):
     @torch.no_grad()
     def fuse(self) -> None:
         if isinstance(self.bn, nn.BatchNorm2d):
-            scale, shift = _bn_affine(self.bn)
-            self.conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-            self.conv.bias.copy_(self.conv.bias * scale + shift)
+            fold_batchnorm_into(self.conv, self.bn)
             self.bn = nn.Identity()
 
 
@@ -356,7 +355,7 @@ class VMINet(PretrainedMixin, nn.Module):
             layer.fuse()
         if isinstance(self.head, nn.Linear) and isinstance(self.norm, nn.BatchNorm2d):
             # head(mean(bn(x))) = head(scale * mean(x) + shift): fold into the Linear.
-            scale, shift = _bn_affine(self.norm)
+            scale, shift = fold_batchnorm(self.norm)
             self.head.bias.add_(self.head.weight @ shift)
             self.head.weight.mul_(scale.reshape(1, -1))
             self.norm = nn.Identity()
