@@ -6,7 +6,7 @@ public source and checking its SHA-256 (pinned where the project has verified th
 recorded at first download otherwise). Later uses work offline from the cache; a local
 copy can be dropped into the cache folder under the same name, or passed as a path.
 
-| name | source | split (``vmiseq.data_timeseries.split_borders``) |
+| name | source | split (``vmiseq.data.timeseries.split_borders``) |
 |---|---|---|
 | ETTh1, ETTh2 | github zhouhaoyi/ETDataset, ETT-small | ``ett_hour``: 12 / 4 / 4 months |
 | ETTm1, ETTm2 | the same | ``ett_minute``: 12 / 4 / 4 months at 15 min |
