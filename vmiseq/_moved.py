@@ -8,7 +8,7 @@ import sys
 import warnings
 
 
-def alias(old: str, new: str) -> None:
+def alias(old: str, new: str, note: str = "same names") -> None:
     """Make module ``old`` (being imported now) an alias of ``new``, with a deprecation warning."""
-    warnings.warn(f"{old} is deprecated; import {new} instead (same names)", DeprecationWarning, stacklevel=3)
+    warnings.warn(f"{old} is deprecated; import {new} instead ({note})", DeprecationWarning, stacklevel=3)
     sys.modules[old] = importlib.import_module(new)

@@ -16,6 +16,8 @@ Autoformer, DLinear, PatchTST, iTransformer all share it):
   only; every split is scaled with it and the metrics are computed on the scaled data.
 * Windows: input ``x = data[s : s + seq_len]``, target ``y = data[s + seq_len : s + seq_len + pred_len]``
   for every start ``s`` inside one split.
+* Metrics: MSE and MAE over every element of every window (:class:`ErrorSums`), not a mean
+  of batch means.
 
 Only numpy and pandas are needed (pandas for the CSV).
 """
@@ -201,6 +203,23 @@ def default_dataset_path() -> Path:
     return path
 
 
+def rows_per_day(table: SeriesTable) -> int:
+    """Rows in one day, from the median spacing of the dates (0 when unknown or irregular)."""
+    if not table.dates or len(table.dates) < 3:
+        return 0
+    import pandas as pd
+
+    try:
+        stamps = pd.to_datetime(pd.Series(table.dates[:1000]), utc=True)
+    except (ValueError, TypeError):
+        return 0
+    step = stamps.diff().dropna().median()
+    if pd.isna(step) or step.total_seconds() <= 0:
+        return 0
+    per_day = 86400 / step.total_seconds()
+    return int(round(per_day)) if abs(per_day - round(per_day)) < 1e-6 and per_day >= 2 else 0
+
+
 # ---------------------------------------------------------------------------- splits
 @dataclass(frozen=True)
 class SplitBorders:
@@ -330,3 +349,26 @@ def prepare_forecast_data(
         a, b = borders.part(name)
         parts[name] = WindowDataset(scaled[a:b], seq_len, pred_len, name=f"{name} split (rows {a}..{b})", first_row=a)
     return ForecastData(parts["train"], parts["val"], parts["test"], scaler, borders, table, scaled)
+
+
+class ErrorSums:
+    """Squared and absolute errors summed per name, for the protocol's MSE and MAE over every
+    window whatever the batch sizes (no ``drop_last``, no mean of batch means)."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, list[float]] = {}
+
+    def add(self, name: str, pred: torch.Tensor, target: torch.Tensor) -> None:
+        s = self._sums.setdefault(name, [0.0, 0.0, 0])
+        s[0] += float(((pred - target) ** 2).sum())
+        s[1] += float((pred - target).abs().sum())
+        s[2] += target.numel()
+
+    def pop(self, prefix: str = "") -> dict[str, tuple[float, float]]:
+        """``{name: (MSE, MAE)}`` of the names starting with ``prefix``, which are then cleared."""
+        out = {}
+        for name in [k for k in self._sums if k.startswith(prefix)]:
+            se, ae, n = self._sums.pop(name)
+            if n:
+                out[name] = (se / n, ae / n)
+        return out

@@ -4,6 +4,10 @@
   target the next ``pred_len`` rows (optionally with the absolute row of ``x[0]``).
 - :class:`RandomHistoryBatches`: batches whose windows reach further back than ``seq_len``, so
   a recurrent forecaster trains on the states of long streams.
+- :class:`EpochShuffle`: plain shuffled windows, the permutation a function of (seed, epoch).
+
+Both samplers read the epoch from an optional ``epoch_of`` callable when an epoch starts (a
+trainer's restored step count), so an epoch replayed after a resume draws what it drew before.
 
 Built by :func:`vmiseq.data.timeseries.prepare_forecast_data`.
 """
@@ -11,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, RandomSampler, Sampler
 
 
 class WindowDataset(Dataset):
@@ -136,3 +140,27 @@ class RandomHistoryBatches(Sampler):
     def __len__(self) -> int:
         rank, world = self._world()
         return len(range(rank, len(self.dataset) // self.batch_size, world))
+
+
+class EpochShuffle(RandomSampler):
+    """Shuffles the training windows with a permutation drawn from (seed, epoch) alone.
+
+    The epoch is read when the first window of an epoch is drawn, from ``epoch_of`` (the
+    trainer's global step over the steps per epoch: restored exactly by a resume, unlike
+    Lightning's epoch counters around a restart), so an epoch replayed after ``--resume`` sees
+    the batches the uninterrupted run saw. (Under DDP Lightning swaps this RandomSampler for
+    its ``DistributedSampler``, seeded by epoch.)
+    """
+
+    def __init__(self, dataset, seed: int, epoch_of=None) -> None:
+        super().__init__(dataset, generator=torch.Generator())
+        self.seed, self.epoch_of = seed, epoch_of
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+
+    def __iter__(self):
+        if self.epoch_of is not None:
+            self.set_epoch(self.epoch_of())
+        yield from super().__iter__()
