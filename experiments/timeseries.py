@@ -32,7 +32,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader
 
 from harness import SeedEachBatch, add_trainer_args, argument_errors, build_trainer, plot_forecasts, plot_metrics, resolve_resume, run_script
-from vmiseq.benchmark_data import DATASETS, resolve_data
+from vmiseq.data.benchmarks import DATASETS, resolve_data
 from vmiseq.checkpoints import load_checkpoint
 from vmiseq.data.timeseries import SPLITS, ErrorSums, ForecastData, SeriesTable, default_dataset_path, load_csv, load_hf_dataset
 from vmiseq.data.timeseries import prepare_forecast_data, rows_per_day

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vmiseq import benchmark_data
-from vmiseq.benchmark_data import dataset_path, resolve_data
+from vmiseq.data import benchmarks as benchmark_data
+from vmiseq.data.benchmarks import dataset_path, resolve_data
 from vmiseq.data.timeseries import load_csv, split_borders
 from vmiseq.download import DownloadError
 

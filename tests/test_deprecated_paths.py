@@ -13,6 +13,7 @@ MOVED = {
     "vmiseq.data_images": "vmiseq.data.images",
     "vmiseq.tokenizer": "vmiseq.data.tokenizer",
     "vmiseq.hub": "vmiseq.saving",
+    "vmiseq.benchmark_data": "vmiseq.data.benchmarks",
     "vmiseq.training": "vmiseq.checkpoints",
 }
 
@@ -34,7 +35,11 @@ def test_names_users_import_from_old_paths():
     assert PretrainedMixin is New
     sys.modules.pop("vmiseq.data_timeseries", None)
     with pytest.warns(DeprecationWarning):
-        from vmiseq.data_timeseries import RandomHistoryBatches, StandardScaler, WindowDataset  # noqa: F401
+        from vmiseq.data_timeseries import RandomHistoryBatches, StandardScaler, WindowDataset
+    from vmiseq.data import timeseries, windows
+
+    assert (StandardScaler, RandomHistoryBatches, WindowDataset) == (timeseries.StandardScaler, windows.RandomHistoryBatches,
+                                                                      windows.WindowDataset)
     sys.modules.pop("vmiseq.training", None)
     with pytest.warns(DeprecationWarning):
         from vmiseq.training import load_checkpoint

@@ -4,6 +4,7 @@
 - :mod:`vmiseq.data.tokenizer`: char-level and byte-level BPE tokenizers (HF ``tokenizers``).
 - :mod:`vmiseq.data.timeseries`: CSV / HF series, the benchmark splits, the scaler;
   :mod:`vmiseq.data.windows`: forecasting windows and the long-history sampler.
+- :mod:`vmiseq.data.benchmarks`: the standard forecasting sets by name (downloaded once, cached).
 - :mod:`vmiseq.data.images`: Fashion-MNIST, image folders, HF image sets, seeded
   sampling and the torchvision transforms of the paper's recipe.
 
