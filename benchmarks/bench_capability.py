@@ -42,13 +42,14 @@ from typing import Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the experiments' harness
 from capability_plots import plot_all  # noqa: E402
 from common import RESULTS_DIR, machine_info, print_table, progress, write_json  # noqa: E402
+from harness import cosine_with_warmup  # noqa: E402
 
 from vmiseq.layers.vmisa import VMISALayer  # noqa: E402
 from vmiseq.models.lm import VMISAConfig, VMISAForCausalLM  # noqa: E402
 from vmiseq.tasks import MQAR, CopyAtDistance, InductionHeads, SelectiveCopy, SyntheticTask, accuracy  # noqa: E402
-from vmiseq.training import cosine_with_warmup  # noqa: E402
 
 MAX_LEN = 2048  # position tables (attention, alpha="position") cover every length tested
 DEPTH = 2

@@ -17,6 +17,7 @@ two-path model also each path alone (``mse_blocks`` / ``mse_linear``).
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import RESULTS_DIR, print_table, progress, save_plot, write_json  # noqa: E402
 
-from vmiseq.data_timeseries import load_csv, prepare_forecast_data  # noqa: E402
+from vmiseq.data.timeseries import ErrorSums, load_csv, prepare_forecast_data  # noqa: E402
 from vmiseq.models.forecaster import VMISAForecaster  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,25 +69,17 @@ def load_model(args, horizon: int) -> VMISAForecaster:
     if not (path / "config.json").is_file():
         if not args.train:
             raise SystemExit(f"error: --runs: no trained model at {path} (train it with experiments/timeseries.py, or pass --train)")
-        import runpy
-
-        runner = runpy.run_path(str(ROOT / "experiments" / "timeseries.py"))
-        runner["main"](["--data", args.data, "--horizon", str(horizon), "--out-dir", args.runs, "--plot-windows", "0"])
+        cmd = [sys.executable, str(ROOT / "experiments" / "timeseries.py"), "--data", args.data, "--horizon", str(horizon),
+               "--out-dir", args.runs, "--plot-windows", "0"]
+        subprocess.run(cmd, check=True)
     return VMISAForecaster.from_pretrained(path).eval()
 
 
-def _accumulate(sums: dict, name: str, pred: torch.Tensor, y: torch.Tensor) -> None:
-    s = sums.setdefault(name, [0.0, 0.0, 0])
-    s[0] += float(((pred - y) ** 2).sum())
-    s[1] += float((pred - y).abs().sum())
-    s[2] += y.numel()
-
-
-def _finish(sums: dict) -> dict:
+def _finish(errors: ErrorSums) -> dict:
     out = {}
-    for name, (se, ae, n) in sums.items():
+    for name, (mse, mae) in errors.pop().items():
         key = "" if name == "" else f"_{name}"
-        out[f"mse{key}"], out[f"mae{key}"] = se / n, ae / n
+        out[f"mse{key}"], out[f"mae{key}"] = mse, mae
     return out
 
 
@@ -97,7 +90,7 @@ def evaluate_length(model: VMISAForecaster, series: torch.Tensor, ends: torch.Te
     if int(ends.min()) < length:
         return None  # the file has too few rows before the first test point
     branches = model.config.linear_path == "average"
-    sums: dict = {}
+    errors = ErrorSums()
     steps = torch.arange(length)
     for i in range(0, len(ends), batch):
         e = ends[i : i + batch]
@@ -106,10 +99,10 @@ def evaluate_length(model: VMISAForecaster, series: torch.Tensor, ends: torch.Te
         start = e - length
         out = model(x, start=start, return_branches=branches) if branches else model(x, start=start)
         pred, paths = out if branches else (out, {})
-        _accumulate(sums, "", pred, y)
+        errors.add("", pred, y)
         for name, p in paths.items():
-            _accumulate(sums, name, p, y)
-    return _finish(sums)
+            errors.add(name, p, y)
+    return _finish(errors)
 
 
 @torch.no_grad()
@@ -129,9 +122,9 @@ def evaluate_online(model: VMISAForecaster, series: torch.Tensor, ends: torch.Te
             if t + 1 in wanted:
                 preds.append(model.forecast(state)[0])
         preds = torch.stack(preds)
-    sums: dict = {}
-    _accumulate(sums, "", preds, targets)
-    out = _finish(sums)
+    errors = ErrorSums()
+    errors.add("", preds, targets)
+    out = _finish(errors)
     # the last forecast against the batch forward over the same whole history (equal by construction)
     out["max_abs_diff_vs_batch"] = float((preds[-1] - model(x, start=0)[0]).abs().max())
     out["mode"], out["history_from"], out["history_to"] = mode, first, last

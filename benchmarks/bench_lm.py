@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the experiments' harness
 from common import RESULTS_DIR, print_table, write_json  # noqa: E402
-
-from vmiseq.training import ArgumentProblem, run_script  # noqa: E402
+from harness import ArgumentProblem, run_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"

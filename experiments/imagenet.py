@@ -25,23 +25,27 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+import lightning as L
 import torch
 import torch.nn.functional as F
+import torchmetrics
 
-from vmiseq import data_images as di
-from vmiseq.models.registry import create_model, list_models
-from vmiseq.training import (
+from harness import (
+    SeedEachBatch,
+    StopAfterEpochs,
     add_trainer_args,
     argument_errors,
     build_trainer,
     cosine_with_warmup,
-    load_module_from_checkpoint,
     plot_metrics,
     resolve_resume,
     run_script,
 )
+from vmiseq.checkpoints import load_module_from_checkpoint
+from vmiseq.data import images as di
+from vmiseq.models import create_model, list_models
 
-# The paper's recipe (DESIGN.md §2) for real photos, and a small-image preset for the
+# The paper's recipe (docs/design.md §2) for real photos, and a small-image preset for the
 # built-in Fashion-MNIST default (28 px native, light augmentation, no MixUp: on 10 easy
 # classes and a ~10-minute CPU budget the heavy regularisers cost more accuracy than they buy).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -222,79 +226,85 @@ def make_loader(ds, args, train: bool):
     )
 
 
+class ImageDataModule(L.LightningDataModule):
+    """Training and validation images, each rank its own shard; shuffling and augmentation
+    are functions of (seed, epoch, index) (``SeededShardSampler``), so a resume replays them."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__()
+        self.args = args
+        self.train_set, self.val_set, self.classes, self.in_chans = build_datasets(args)
+
+    def train_dataloader(self):
+        return make_loader(self.train_set, self.args, train=True)
+
+    def val_dataloader(self):
+        return make_loader(self.val_set, self.args, train=False)
+
+
 # ---------------------------------------------------------------------- Lightning module
-def _lightning():
-    import lightning as L
-    import torchmetrics
+class ImageClassifier(L.LightningModule):
+    """VMINet + the recipe: soft-target CE with label smoothing, MixUp/CutMix, AdamW with
+    no decay on 1-D params, cosine schedule with warm-up, top-1/top-5."""
 
-    class ImageClassifier(L.LightningModule):
-        """VMINet + the recipe: soft-target CE with label smoothing, MixUp/CutMix, AdamW with
-        no decay on 1-D params, cosine schedule with warm-up, top-1/top-5."""
+    def __init__(self, model_name: str, model_kwargs: dict, num_classes: int, lr: Optional[float], lr_base: float,
+                 lr_base_batch: int, weight_decay: float, warmup_epochs: float, warmup_lr: float, min_lr: float,
+                 label_smoothing: float, mixup: float, cutmix: float, cutmix_switch_prob: float, seed: int,
+                 batch_size: int, model: Optional[torch.nn.Module] = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model if model is not None else create_model(model_name, **model_kwargs)
+        self.mix = di.mixup_cutmix(num_classes, mixup, cutmix, cutmix_switch_prob)
+        k = min(5, num_classes)
+        self.acc1 = torchmetrics.classification.MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.acc5 = torchmetrics.classification.MulticlassAccuracy(num_classes, top_k=k, average="micro")
 
-        def __init__(self, model_name: str, model_kwargs: dict, num_classes: int, lr: Optional[float], lr_base: float,
-                     lr_base_batch: int, weight_decay: float, warmup_epochs: float, warmup_lr: float, min_lr: float,
-                     label_smoothing: float, mixup: float, cutmix: float, cutmix_switch_prob: float, seed: int,
-                     batch_size: int, model: Optional[torch.nn.Module] = None) -> None:
-            super().__init__()
-            self.save_hyperparameters(ignore=["model"])
-            self.model = model if model is not None else create_model(model_name, **model_kwargs)
-            self.mix = di.mixup_cutmix(num_classes, mixup, cutmix, cutmix_switch_prob)
-            k = min(5, num_classes)
-            self.acc1 = torchmetrics.classification.MulticlassAccuracy(num_classes, top_k=1, average="micro")
-            self.acc5 = torchmetrics.classification.MulticlassAccuracy(num_classes, top_k=k, average="micro")
+    def forward(self, x):
+        return self.model(x)
 
-        def forward(self, x):
-            return self.model(x)
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.mix is not None:
+            x, y = self.mix(x, y)
+        logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
 
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            if self.mix is not None:
-                x, y = self.mix(x, y)
-            logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
-            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-            return loss
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.model(x).float()
+        loss = F.cross_entropy(logits, y)
+        self.acc1(logits, y)
+        self.acc5(logits, y)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=y.shape[0])
+        self.log("val/acc1", self.acc1, prog_bar=True, batch_size=y.shape[0])
+        self.log("val/acc5", self.acc5, batch_size=y.shape[0])
 
-        def validation_step(self, batch, batch_idx):
-            x, y = batch
-            logits = self.model(x).float()
-            loss = F.cross_entropy(logits, y)
-            self.acc1(logits, y)
-            self.acc5(logits, y)
-            self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=y.shape[0])
-            self.log("val/acc1", self.acc1, prog_bar=True, batch_size=y.shape[0])
-            self.log("val/acc5", self.acc5, batch_size=y.shape[0])
+    def peak_lr(self) -> float:
+        if self.hparams.lr is not None:
+            return self.hparams.lr
+        gb = self.trainer.world_size * self.trainer.accumulate_grad_batches * self.hparams.batch_size
+        return self.hparams.lr_base * gb / self.hparams.lr_base_batch
 
-        def peak_lr(self) -> float:
-            if self.hparams.lr is not None:
-                return self.hparams.lr
-            gb = self.trainer.world_size * self.trainer.accumulate_grad_batches * self.hparams.batch_size
-            return self.hparams.lr_base * gb / self.hparams.lr_base_batch
-
-        def configure_optimizers(self):
-            lr = self.peak_lr()
-            opt = torch.optim.AdamW(self.model.param_groups(self.hparams.weight_decay), lr=lr)
-            total = int(self.trainer.estimated_stepping_batches)
-            epochs = max(1, self.trainer.max_epochs or 1)
-            warmup = int(round(self.hparams.warmup_epochs * total / epochs))
-            sched = cosine_with_warmup(opt, warmup, total, self.hparams.min_lr / lr, self.hparams.warmup_lr / lr)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    return ImageClassifier
+    def configure_optimizers(self):
+        lr = self.peak_lr()
+        opt = torch.optim.AdamW(self.model.param_groups(self.hparams.weight_decay), lr=lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = int(round(self.hparams.warmup_epochs * total / epochs))
+        sched = cosine_with_warmup(opt, warmup, total, self.hparams.min_lr / lr, self.hparams.warmup_lr / lr)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 # ---------------------------------------------------------------------- main
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    import lightning as L
-
-    from vmiseq.callbacks import SeedEachBatch
-
     L.seed_everything(args.seed, workers=True, verbose=False)
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     with argument_errors("--data"):
-        train_ds, val_ds, classes, in_chans = build_datasets(args)
-    ImageClassifier = _lightning()
+        data = ImageDataModule(args)
+    classes = data.classes
     out = Path(args.out_dir)
     trainer_kwargs: dict[str, Any] = dict(use_distributed_sampler=False)
     if args.limit_train_batches is not None:
@@ -305,7 +315,7 @@ def main(argv=None) -> dict:
     max_epochs = int(-(-epochs // 1))
     max_steps = -1
     if epochs != int(epochs):  # fractional epochs: stop at a step count
-        steps_per_epoch = len(train_ds) // (args.batch_size * max(1, args.accumulate_grad_batches))
+        steps_per_epoch = len(data.train_set) // (args.batch_size * max(1, args.accumulate_grad_batches))
         max_steps = max(1, int(epochs * steps_per_epoch))
     # Randomness of each step (MixUp/CutMix, DropPath) = f(seed, epoch, batch, rank): resumable.
     callbacks = [SeedEachBatch(args.seed)]
@@ -314,17 +324,16 @@ def main(argv=None) -> dict:
     with argument_errors():
         trainer = build_trainer(args, monitor="val/acc1", mode="max", max_epochs=max_epochs, max_steps=max_steps,
                                 callbacks=callbacks, **trainer_kwargs)
-    val_loader = make_loader(val_ds, args, train=False)
 
     if args.eval_only:
         with argument_errors("--checkpoint"):
-            module = load_for_eval(ImageClassifier, args.checkpoint, len(classes))
-        metrics = trainer.validate(module, val_loader)[0]
+            module = load_for_eval(args.checkpoint, len(classes))
+        metrics = trainer.validate(module, datamodule=data)[0]
         if trainer.is_global_zero:
             print(json.dumps({"checkpoint": args.checkpoint, **metrics}, indent=2))
         return metrics
 
-    model_kwargs = dict(args.model_kwargs, num_classes=len(classes), in_chans=in_chans, img_size=args.img_size)
+    model_kwargs = dict(args.model_kwargs, num_classes=len(classes), in_chans=data.in_chans, img_size=args.img_size)
     if args.rank_mask is not None:
         model_kwargs["rank_mask"] = args.rank_mask
     if args.drop_path:
@@ -337,9 +346,8 @@ def main(argv=None) -> dict:
             args.cutmix_switch_prob, args.seed, args.batch_size,
         )
         resume = resolve_resume(args.resume, args.out_dir)
-    train_loader = make_loader(train_ds, args, train=True)
     t0 = time.time()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
+    trainer.fit(module, datamodule=data, ckpt_path=resume)
     train_time = time.time() - t0
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     result = {
@@ -358,22 +366,7 @@ def main(argv=None) -> dict:
     return result
 
 
-class StopAfterEpochs:
-    """Callback: end training after ``n`` epochs (counted from the start of the run, so a
-    resumed run continues to --epochs) without changing the learning-rate schedule."""
-
-    def __new__(cls, n: int):
-        from lightning.pytorch.callbacks import Callback
-
-        class _Stop(Callback):
-            def on_train_epoch_end(self, trainer, pl_module):
-                if trainer.current_epoch + 1 >= n:
-                    trainer.should_stop = True
-
-        return _Stop()
-
-
-def load_for_eval(cls, path: str, num_classes: int):
+def load_for_eval(path: str, num_classes: int) -> ImageClassifier:
     """A module from a Lightning checkpoint or a save_pretrained directory."""
     p = Path(path)
     if p.is_dir():
@@ -384,8 +377,8 @@ def load_for_eval(cls, path: str, num_classes: int):
         model = (MLLA if saved_class == "MLLA" else VMINet).from_pretrained(p)
         if model.config.num_classes != num_classes:
             raise ValueError(f"--checkpoint: the model has {model.config.num_classes} classes, the data {num_classes}")
-        return cls("pretrained", {}, num_classes, None, 1e-3, 1, 0.0, 0, 0, 0, 0.0, 0.0, 0.0, 0.5, 0, 1, model=model)
-    return load_module_from_checkpoint(cls, p, what="--checkpoint")
+        return ImageClassifier("pretrained", {}, num_classes, None, 1e-3, 1, 0.0, 0, 0, 0, 0.0, 0.0, 0.0, 0.5, 0, 1, model=model)
+    return load_module_from_checkpoint(ImageClassifier, p, what="--checkpoint")
 
 
 if __name__ == "__main__":

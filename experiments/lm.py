@@ -20,20 +20,20 @@ import json
 import math
 import os
 import shlex
-import statistics
 import time
 from pathlib import Path
 from typing import Optional
 
+import lightning as L
 import torch
+from torch.utils.data import DataLoader
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only unless the user opts in
 
-from vmiseq.data_text import RandomWindows, SequentialWindows, bits_per_char, load_text, split_text, tokenize_cached
-from vmiseq.models.lm import MIXERS, VMISAConfig, VMISAForCausalLM
-from vmiseq.streams import CarriedState, ContiguousStreams
-from vmiseq.tokenizer import Tokenizer
-from vmiseq.training import (
+from harness import (
+    ResumePosition,
+    SeedEachBatch,
+    StepTimer,
     add_trainer_args,
     argument_errors,
     build_trainer,
@@ -43,6 +43,10 @@ from vmiseq.training import (
     resolve_resume,
     run_script,
 )
+from vmiseq.data.text import ContiguousStreams, RandomWindows, SequentialWindows, bits_per_char, load_text, split_text, tokenize_cached
+from vmiseq.data.tokenizer import Tokenizer
+from vmiseq.models.lm import MIXERS, VMISAConfig, VMISAForCausalLM
+from vmiseq.streams import CarriedState
 
 # Contiguous training streams of 16 windows of 64 tokens: long enough to visit deep states
 # (docs/lm.md, "Long streams"), short enough that a sixteenth of the rows start fresh.
@@ -110,123 +114,114 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+# flags that are VMISAConfig fields of the same name
+CONFIG_FLAGS = ("dim", "depth", "mixer", "expand", "mlp_ratio", "alpha", "rank_mask", "conv_kernel", "n_heads", "dropout")
+
+
 def make_model_config(args: argparse.Namespace, vocab_size: int) -> VMISAConfig:
     return VMISAConfig(
         vocab_size=vocab_size,
-        dim=args.dim,
-        depth=args.depth,
-        mixer=args.mixer,
-        expand=args.expand,
-        mlp_ratio=args.mlp_ratio,
-        alpha=args.alpha,
         decay=None if args.decay == "none" else args.decay,
-        rank_mask=args.rank_mask,
-        conv_kernel=args.conv_kernel,
-        n_heads=args.n_heads,
-        dropout=args.dropout,
         max_len=args.block_size if (args.mixer == "attention" or args.alpha == "position") else None,
+        **{name: getattr(args, name) for name in CONFIG_FLAGS},
     )
 
 
-def build_task(args: argparse.Namespace, config: VMISAConfig, val_chars_per_token: float):
-    """The LightningModule (built here so importing this file does not need Lightning)."""
-    import lightning as L
+class LanguageModelTask(L.LightningModule):
+    """Next-token training of a :class:`VMISAForCausalLM`; with ``--stream-length`` the state of
+    every batch row is carried, detached, from step to step (truncated BPTT)."""
 
-    class LMTask(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.save_hyperparameters({"config": config.__dict__, "args": {k: v for k, v in vars(args).items()}})
-            self.model = VMISAForCausalLM(config)
-            self._val = []
-            # truncated BPTT over contiguous streams: the detached state of every batch row
-            self.carried = CarriedState() if args.stream_length else None
+    def __init__(self, args: argparse.Namespace, config: VMISAConfig, val_chars_per_token: float) -> None:
+        super().__init__()
+        self.args, self.val_chars_per_token = args, val_chars_per_token
+        self.save_hyperparameters({"config": config.__dict__, "args": {k: v for k, v in vars(args).items()}})
+        self.model = VMISAForCausalLM(config)
+        self._val = []
+        # truncated BPTT over contiguous streams: the detached state of every batch row
+        self.carried = CarriedState() if args.stream_length else None
 
-        def training_step(self, batch, batch_idx):
-            if self.carried is not None:
-                loss = self.carried.loss(self.model, *batch)
-            else:
-                x, y = batch
-                loss = self.model(x, targets=y).loss
-            self.log("train/loss", loss, prog_bar=True)
-            return loss
-
-        def validation_step(self, batch, batch_idx):
+    def training_step(self, batch, batch_idx):
+        if self.carried is not None:
+            loss = self.carried.loss(self.model, *batch)
+        else:
             x, y = batch
             loss = self.model(x, targets=y).loss
-            self._val.append((loss.detach() * x.numel(), x.numel()))
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
 
-        def on_validation_epoch_end(self):
-            if not self._val:
-                return
-            total = torch.stack([a for a, _ in self._val]).sum()
-            count = sum(n for _, n in self._val)
-            self._val.clear()
-            loss = total / count
-            if self.trainer.world_size > 1:
-                loss = self.all_gather(loss).mean()
-            self.log("val/loss", loss, prog_bar=True, sync_dist=False)
-            self.log("val/ppl", torch.exp(loss))
-            self.log("val/bpc", loss / math.log(2) / val_chars_per_token)
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.model(x, targets=y).loss
+        self._val.append((loss.detach() * x.numel(), x.numel()))
 
-        def on_save_checkpoint(self, checkpoint):
-            # The carried states are part of the run: resuming without them would change
-            # every later step. Under DDP every rank holds its own rows; all ranks run this
-            # hook, so gather them and let each rank pick its own on load.
-            if self.carried is not None:
-                tensors = self.carried.state_dict()
-                if self.trainer.world_size > 1 and tensors:
-                    tensors = {k: self.all_gather(v).cpu() for k, v in tensors.items()}
-                else:
-                    tensors = {k: v.unsqueeze(0).cpu() for k, v in tensors.items()}
-                checkpoint["carried_state"] = tensors
+    def on_validation_epoch_end(self):
+        if not self._val:
+            return
+        total = torch.stack([a for a, _ in self._val]).sum()
+        count = sum(n for _, n in self._val)
+        self._val.clear()
+        loss = total / count
+        if self.trainer.world_size > 1:
+            loss = self.all_gather(loss).mean()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
+        self.log("val/ppl", torch.exp(loss))
+        self.log("val/bpc", loss / math.log(2) / self.val_chars_per_token)
 
-        def on_load_checkpoint(self, checkpoint):
-            tensors = checkpoint.get("carried_state")
-            if self.carried is None or not tensors:
-                return
-            rank, world = self.trainer.global_rank, self.trainer.world_size
-            if next(iter(tensors.values())).shape[0] != world:
-                print("note: the checkpoint's carried states are for another number of processes; streams restart from zero")
-                return
-            self.carried.load_state_dict({k: v[rank] for k, v in tensors.items()})
+    def on_save_checkpoint(self, checkpoint):
+        # The carried states are part of the run: resuming without them would change
+        # every later step. Under DDP every rank holds its own rows; all ranks run this
+        # hook, so gather them and let each rank pick its own on load.
+        if self.carried is not None:
+            tensors = self.carried.state_dict()
+            if self.trainer.world_size > 1 and tensors:
+                tensors = {k: self.all_gather(v).cpu() for k, v in tensors.items()}
+            else:
+                tensors = {k: v.unsqueeze(0).cpu() for k, v in tensors.items()}
+            checkpoint["carried_state"] = tensors
 
-        def configure_optimizers(self):
-            decay = [p for p in self.model.parameters() if p.dim() >= 2]
-            no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-            opt = torch.optim.AdamW(
-                [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                lr=args.lr,
-                betas=(0.9, args.beta2),
-            )
-            sched = cosine_with_warmup(opt, args.warmup_steps, args.max_steps, min_lr_ratio=args.min_lr / args.lr)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    def on_load_checkpoint(self, checkpoint):
+        tensors = checkpoint.get("carried_state")
+        if self.carried is None or not tensors:
+            return
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        if next(iter(tensors.values())).shape[0] != world:
+            print("note: the checkpoint's carried states are for another number of processes; streams restart from zero")
+            return
+        self.carried.load_state_dict({k: v[rank] for k, v in tensors.items()})
 
-    return LMTask()
+    def configure_optimizers(self):
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.args.lr,
+            betas=(0.9, self.args.beta2),
+        )
+        sched = cosine_with_warmup(opt, self.args.warmup_steps, self.args.max_steps, min_lr_ratio=self.args.min_lr / self.args.lr)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def StepTimer():
-    """A callback recording the wall time of every training step (data, forward, backward,
-    optimiser); its median is robust to other jobs briefly sharing the machine."""
-    from lightning.pytorch.callbacks import Callback
+class TextDataModule(L.LightningDataModule):
+    """This rank's training batches (random windows, or contiguous streams with
+    ``--stream-length``; batch ``i`` a pure function of the seed and ``i``) and the
+    validation windows."""
 
-    class _StepTimer(Callback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-            self._last: Optional[float] = None
+    def __init__(self, args: argparse.Namespace, train_ids, val_ids, rank: int, world: int) -> None:
+        super().__init__()
+        self.args = args
+        common = dict(seed=args.seed, rank=rank, world=world)
+        if args.stream_length:
+            self.train_set = ContiguousStreams(train_ids, args.block_size, args.batch_size, args.stream_length, **common)
+        else:
+            self.train_set = RandomWindows(train_ids, args.block_size, args.batch_size, **common)
+        val_windows = args.eval_batches * args.batch_size if args.eval_batches > 0 else None
+        self.val_set = SequentialWindows(val_ids, args.block_size, val_windows)
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            now = time.perf_counter()
-            if self._last is not None:
-                self.times.append(now - self._last)
-            self._last = now
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=None, num_workers=self.args.num_workers)
 
-        def on_validation_start(self, trainer, pl_module) -> None:
-            self._last = None  # validation time is not a training step
-
-        def median_ms(self) -> Optional[float]:
-            return 1000 * statistics.median(self.times) if self.times else None
-
-    return _StepTimer()
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.args.batch_size, num_workers=self.args.num_workers)
 
 
 def prepare_data(args: argparse.Namespace):
@@ -277,11 +272,6 @@ def stream_sample(model: VMISAForCausalLM, tok: Tokenizer, prompt: str, n: int, 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    import lightning as L
-    from torch.utils.data import DataLoader
-
-    from vmiseq.callbacks import ResumePosition, SeedEachBatch
-
     L.seed_everything(args.seed, workers=True, verbose=False)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -292,7 +282,7 @@ def main(argv=None) -> dict:
     chars_per_token = n_val_chars / max(1, len(val_ids))
     with argument_errors():
         config = make_model_config(args, tok.vocab_size)
-        task = build_task(args, config, chars_per_token)
+        task = LanguageModelTask(args, config, chars_per_token)
     print(f"model: {args.mixer}, {task.model.num_parameters() / 1e6:.3f}M parameters; "
           f"tokens: {len(train_ids):,} train / {len(val_ids):,} val ({args.tokenizer}, vocab {tok.vocab_size})")
 
@@ -307,21 +297,13 @@ def main(argv=None) -> dict:
             gradient_clip_val=args.grad_clip or None,
             num_sanity_val_steps=0,
         )
-        common = dict(seed=args.seed, rank=trainer.global_rank, world=trainer.world_size)
-        if args.stream_length:
-            train_ds = ContiguousStreams(train_ids, args.block_size, args.batch_size, args.stream_length, **common)
-        else:
-            train_ds = RandomWindows(train_ids, args.block_size, args.batch_size, **common)
-        val_windows = args.eval_batches * args.batch_size if args.eval_batches > 0 else None
-        val_ds = SequentialWindows(val_ids, args.block_size, val_windows)
+        data = TextDataModule(args, train_ids, val_ids, trainer.global_rank, trainer.world_size)
     position = ResumePosition.of(trainer)
-    position.datasets.append(train_ds)  # a resumed run continues with the batch after the checkpoint
-    train_dl = DataLoader(train_ds, batch_size=None, num_workers=args.num_workers)
-    val_dl = DataLoader(val_ds, batch_size=args.batch_size, num_workers=args.num_workers)
+    position.datasets.append(data.train_set)  # a resumed run continues with the batch after the checkpoint
 
     metrics = out / "logs" / "metrics.csv"
     t0, c0 = time.perf_counter(), time.process_time()
-    trainer.fit(task, train_dl, val_dl, ckpt_path=resume)
+    trainer.fit(task, datamodule=data, ckpt_path=resume)
     train_seconds = time.perf_counter() - t0
     train_cpu_seconds = time.process_time() - c0  # less sensitive to other jobs on the machine
     if not trainer.is_global_zero:

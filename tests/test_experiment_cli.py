@@ -1,26 +1,18 @@
-"""The shared command-line behaviour of the experiment scripts (vmiseq.training, vmiseq.callbacks):
+"""The shared command-line behaviour of the experiment scripts (experiments/harness):
 one-line argument errors with exit status 2, no Lightning noise, metrics.csv continued across
 kills and resumes."""
 from __future__ import annotations
 
-import importlib.util
 import logging
 import warnings
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from vmiseq.training import ArgumentProblem, argument_errors, quiet_lightning, run_script
+from experiment_scripts import harness, load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_experiment", ROOT / "experiments" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+H = harness()
+ArgumentProblem, argument_errors, quiet_lightning, run_script = H.ArgumentProblem, H.argument_errors, H.quiet_lightning, H.run_script
 
 
 def test_argument_errors_name_the_flag():
@@ -77,7 +69,7 @@ def test_quiet_lightning_drops_adverts_but_not_warnings(caplog):
 
 def test_history_logger_keeps_rows_before_each_resumed_step(tmp_path):
     """Two kills: every step appears once, in order, whatever was logged after each checkpoint."""
-    from vmiseq.callbacks import HistoryCSVLogger
+    HistoryCSVLogger = H.HistoryCSVLogger
 
     def run(first: int, last: int, resuming: bool, resume_at: int = 0) -> None:
         logger = HistoryCSVLogger(str(tmp_path), name="logs", version="", resuming=resuming)
@@ -101,7 +93,7 @@ def test_history_logger_keeps_rows_before_each_resumed_step(tmp_path):
 
 
 def test_timeseries_missing_data_is_one_line_and_exit_2(tmp_path, script_error):
-    ts = _script("timeseries")
+    ts = load_script("timeseries")
     with pytest.raises(SystemExit) as exc:
         run_script(lambda: ts.main(["--data", str(tmp_path / "missing.csv"), "--out-dir", str(tmp_path / "o")]))
     assert exc.value.code == 2

@@ -1,8 +1,7 @@
-"""experiments/imagenet.py and vmiseq.data_images: messy files, data errors, the Lightning loop
+"""experiments/imagenet.py and vmiseq.data.images: messy files, data errors, the Lightning loop
 (checkpoints, logs, plots, eval-only), exact resume and two-process DDP on CPU."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -16,7 +15,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from vmiseq import data_images as di
+from experiment_scripts import harness, load_script
+from vmiseq.data import images as di
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "imagenet.py"
@@ -24,10 +24,7 @@ TINY_MODEL = '{"depths": [1, 1, 1, 1], "base_dim": 8, "stem_dim": 8}'
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("imagenet_experiment", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("imagenet")
 
 
 def _write_messy(folder: Path) -> dict[str, Path]:
@@ -112,7 +109,7 @@ def test_missing_and_empty_folders_are_clear_errors(tmp_path):
 ])
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, script_error, extra, message):
     """What the script's __main__ does (run_script): one line naming the argument, exit status 2."""
-    from vmiseq.training import run_script
+    run_script = harness().run_script
 
     (tmp_path / "somefile").write_text("x")
     data = _folder_dataset(tmp_path / "data", n_per_class=1) if "{data}" in " ".join(extra) else None

@@ -1,8 +1,6 @@
 """experiments/lm.py end to end: a tiny run, kill -9 mid-run and --resume last, clear errors."""
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import shlex
 import signal
@@ -13,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from experiment_scripts import harness, load_script
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,10 +25,7 @@ NOISE = ("💡", "litlogger", "litmodels", "LeafSpec", "Seed set to", "Traceback
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("lm_experiment", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("lm")
 
 
 def _args(tmp_path: Path, out: str, *extra: str) -> list[str]:
@@ -82,7 +78,7 @@ def test_kill_9_mid_run_then_resume_last_equals_an_uninterrupted_run(tmp_path, o
 
 def test_printed_generate_command_runs_without_an_activated_venv(tmp_path, monkeypatch):
     """lm.py ends with 'try: <command> generate ...': the command must run as printed."""
-    from vmiseq.training import console_command
+    console_command = harness().console_command
 
     bin_dir = Path(sys.executable).parent
     monkeypatch.setenv("PATH", str(tmp_path))  # the README's commands do not activate .venv
@@ -111,7 +107,7 @@ def test_missing_data_is_one_line_and_exit_2(tmp_path):
     (["--mixer", "vmisa", "--dim", "0"], "dim"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, script_error, extra, message):
-    from vmiseq.training import run_script
+    run_script = harness().run_script
 
     lm = _script()
     with pytest.raises(SystemExit) as exc:
@@ -121,7 +117,7 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path, script_error, extra, me
 
 
 def test_resume_from_a_corrupt_checkpoint_fails_clearly(tmp_path, script_error):
-    from vmiseq.training import run_script
+    run_script = harness().run_script
 
     ckpt = tmp_path / "broken" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)

@@ -169,9 +169,9 @@ def test_image_experiment_trains_mlla_mnist(tmp_path):
 
     if not Path(di.FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz").is_file():
         pytest.skip("dataset-fashion-mnist not installed")
-    spec = importlib.util.spec_from_file_location("imagenet_experiment", ROOT / "experiments" / "imagenet.py")
-    exp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(exp)
+    from experiment_scripts import load_script
+
+    exp = load_script("imagenet")
     res = exp.main(["--model", "mlla_mnist", "--epochs", "1", "--train-subset", "128", "--val-subset", "64",
                     "--batch-size", "32", "--out-dir", str(tmp_path / "fm"), "--no-progress"])
     assert res["model"] == "mlla_mnist" and res["params"] == sum(

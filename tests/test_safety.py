@@ -3,7 +3,6 @@ that reads one, and planted token caches (symlinks, wrong ids)."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pickle
@@ -17,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from vmiseq import training
-from vmiseq.data_text import tokenize_cached
-from vmiseq.tokenizer import Tokenizer
+from experiment_scripts import harness, load_script
+from vmiseq import checkpoints
+from vmiseq.data.text import tokenize_cached
+from vmiseq.data.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,10 +48,7 @@ def plant(path: Path, marker: Path, fmt: str = "zip") -> Path:
 
 
 def script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_experiment_safety", ROOT / "experiments" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(name)
 
 
 @pytest.fixture
@@ -70,10 +67,10 @@ def test_library_loaders_refuse_code(tmp_path, marker, fmt, monkeypatch):
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # must not turn the protection off
     ckpt = plant(tmp_path / "evil.ckpt", marker, fmt)
     calls = [
-        lambda: training.load_checkpoint(ckpt, what="--resume"),
-        lambda: training.resolve_resume(str(ckpt), str(tmp_path)),
-        lambda: training.safe_checkpoint_io().load_checkpoint(ckpt),
-        lambda: training.load_module_from_checkpoint(object, ckpt),
+        lambda: checkpoints.load_checkpoint(ckpt, what="--resume"),
+        lambda: harness().resolve_resume(str(ckpt), str(tmp_path)),
+        lambda: checkpoints.safe_checkpoint_io().load_checkpoint(ckpt),
+        lambda: checkpoints.load_module_from_checkpoint(object, ckpt),
     ]
     for call in calls:
         with pytest.raises(ValueError, match="evil.ckpt"):
@@ -83,7 +80,7 @@ def test_library_loaders_refuse_code(tmp_path, marker, fmt, monkeypatch):
 
 def test_refusal_names_the_objects(tmp_path, marker):
     with pytest.raises(ValueError, match=r"--resume: .*evil.ckpt.*\(io.open\).*weights_only=True"):
-        training.load_checkpoint(plant(tmp_path / "evil.ckpt", marker), what="--resume")
+        checkpoints.load_checkpoint(plant(tmp_path / "evil.ckpt", marker), what="--resume")
 
 
 def test_trainer_restore_goes_through_the_safe_loader(tmp_path, marker, monkeypatch):
@@ -104,9 +101,9 @@ def test_trainer_restore_goes_through_the_safe_loader(tmp_path, marker, monkeypa
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    parser = training.add_trainer_args(argparse.ArgumentParser(), out_dir=str(tmp_path / "run"))
+    parser = harness().add_trainer_args(argparse.ArgumentParser(), out_dir=str(tmp_path / "run"))
     args = parser.parse_args(["--no-progress", "--accelerator", "cpu", "--devices", "1"])
-    trainer = training.build_trainer(args, max_steps=1)
+    trainer = harness().build_trainer(args, max_steps=1)
     loader = torch.utils.data.DataLoader(torch.ones(4, 1), batch_size=2)
     with pytest.raises(ValueError, match="ckpt_path: .*evil.ckpt"):
         trainer.fit(Tiny(), loader, ckpt_path=str(plant(tmp_path / "evil.ckpt", marker)))

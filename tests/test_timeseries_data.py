@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vmiseq.data_timeseries import (
+from vmiseq.data.timeseries import (
     StandardScaler,
     WindowDataset,
     default_dataset_path,

@@ -1,7 +1,6 @@
 """experiments/timeseries.py end to end on a small synthetic CSV (seconds, CPU)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,16 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import experiment_scripts
+
 pytest.importorskip("lightning")
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "timeseries.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("timeseries_experiment", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_scripts.load_script("timeseries")
 
 
 def synthetic_csv(path: Path, rows: int = 900) -> Path:
@@ -81,7 +79,7 @@ def test_baselines_run_in_the_same_harness(tmp_path, model):
 
 
 def test_bad_data_gives_a_clear_error(tmp_path):
-    from vmiseq.training import ArgumentProblem  # run_script prints it as one line, exit 2
+    ArgumentProblem = experiment_scripts.harness().ArgumentProblem  # run_script prints it as one line, exit 2
 
     exp = load_script()
     csv = synthetic_csv(tmp_path / "s.csv", rows=100)
@@ -95,7 +93,7 @@ def test_bad_data_gives_a_clear_error(tmp_path):
 
 def test_rows_per_day_from_dates():
     exp = load_script()
-    from vmiseq.data_timeseries import SeriesTable
+    from vmiseq.data.timeseries import SeriesTable
 
     def table(freq):
         dates = pd.date_range("2020-01-01", periods=10, freq=freq).astype(str).tolist()

@@ -17,8 +17,8 @@ import torch
 pytest.importorskip("lightning")
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "timeseries.py"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_timeseries_experiment import common, load_script, synthetic_csv  # noqa: E402
+from experiment_scripts import harness
+from test_timeseries_experiment import common, load_script, synthetic_csv
 
 
 def run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -60,7 +60,7 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, history):
 
 
 def test_resume_errors_are_clear(tmp_path):
-    from vmiseq.training import ArgumentProblem  # run_script prints it as one line, exit 2
+    ArgumentProblem = harness().ArgumentProblem  # run_script prints it as one line, exit 2
 
     exp = load_script()
     csv = synthetic_csv(tmp_path / "s.csv")
@@ -75,7 +75,7 @@ def test_resume_errors_are_clear(tmp_path):
 
 
 def test_random_history_batches():
-    from vmiseq.data_timeseries import RandomHistoryBatches, WindowDataset
+    from vmiseq.data.windows import RandomHistoryBatches, WindowDataset
 
     ds = WindowDataset(np.random.default_rng(0).normal(size=(500, 2)).astype(np.float32), 24, 6, return_index=True)
     sampler = RandomHistoryBatches(ds, 16, 200, p_long=0.5, seed=3)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vmiseq.data_text import RandomWindows, SequentialWindows, bits_per_char, load_text, split_text, tokenize_cached
-from vmiseq.tokenizer import Tokenizer
+from vmiseq.data.text import RandomWindows, SequentialWindows, bits_per_char, load_text, split_text, tokenize_cached
+from vmiseq.data.tokenizer import Tokenizer
 
 UNICODE = "Grüße, 世界! 😀 naïve café — ΑΒΓ αβγ\n\tтекст עברית\r\nend 🇫🇷"
 CORPUS = ("The quick brown fox jumps over the lazy dog.\n" * 30) + UNICODE

@@ -1,7 +1,7 @@
 """Download a public file once into a cache folder, check it, and find it offline later.
 
 Used for released model weights (:mod:`vmiseq.pretrained`) and named benchmark data sets
-(:mod:`vmiseq.benchmark_data`). The cache folder is ``$VMISEQ_CACHE`` or, when unset,
+(:mod:`vmiseq.data.benchmarks`). The cache folder is ``$VMISEQ_CACHE`` or, when unset,
 ``$XDG_CACHE_HOME/vmiseq`` (``~/.cache/vmiseq``). A file is written to a temporary file
 created exclusively in the target folder (:func:`vmiseq.files.atomic_write`), hashed while it
 streams, checked and renamed into place, so a crash never leaves a partial file under the

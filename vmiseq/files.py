@@ -4,7 +4,7 @@ Every file vmiseq writes beside user data (token caches, saved models) is first 
 temp file created exclusively (``O_EXCL``, random name) in the target folder, so a symlink
 planted at a predictable name is never followed, then renamed over the target, so readers
 see either the old or the new content, never a half-written file. Folders (saved models) are
-swapped into place the same way by :func:`swap_into_place`; ``vmiseq/hub.py`` describes the
+swapped into place the same way by :func:`swap_into_place`; ``vmiseq/saving.py`` describes the
 scheme.
 """
 from __future__ import annotations

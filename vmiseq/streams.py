@@ -8,7 +8,7 @@ state reached at the end of one training step is carried, detached, into the nex
 model then trains on states of every age, from fresh (a row's stream has just started) to
 ``stream_length`` tokens deep, at no extra cost per step.
 
-- :class:`ContiguousStreams`: the sampler. Batch ``i`` is a pure function of
+- :class:`~vmiseq.data.text.ContiguousStreams` (re-exported here): the sampler. Batch ``i`` is a pure function of
   ``(seed, i, rank)`` (so a resumed run sees the same batches) and yields ``(x, y, reset)``:
   row r continues row r of batch i-1 unless ``reset[r]``, when it starts a new stream at a
   random place of the text. Resets are staggered across rows, so every step mixes fresh
@@ -28,48 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data_text import RandomWindows
+from .data.text import ContiguousStreams  # noqa: F401 - the sampler CarriedState is trained with
 from .models.lm import LMState, VMISAForCausalLM
-
-
-class ContiguousStreams(RandomWindows):
-    """Endless ``(x, y, reset)`` batches; each row reads a contiguous stream of the text.
-
-    Row r of rank k is stream ``g = k * batch_size + r`` of ``world * batch_size``. A stream
-    lasts ``stream_length`` tokens (``stream_length / block_size`` steps) and then starts
-    again at a random position; the text wraps around at its end (a stream crossing the
-    end reads on from the start, like a document boundary). Stream g is shifted by
-    ``g / (world * batch_size)`` of a stream, so at every step a different share of the
-    rows starts fresh.
-
-    Args:
-        ids: token ids of the training text. block_size: tokens per row and step.
-        batch_size: rows per step (per rank). stream_length: tokens of one stream, a
-            multiple of ``block_size``. seed, start, rank, world: as :class:`RandomWindows`.
-    """
-
-    def __init__(self, ids: np.ndarray, block_size: int, batch_size: int, stream_length: int, seed: int = 0,
-                 start: int = 0, rank: int = 0, world: int = 1) -> None:
-        super().__init__(ids, block_size, batch_size, seed=seed, start=start, rank=rank, world=world)
-        if not isinstance(stream_length, int) or stream_length < block_size or stream_length % block_size:
-            raise ValueError(f"stream_length: expected a positive multiple of block_size={block_size}, got {stream_length!r}")
-        self.stream_steps = stream_length // block_size
-        n = world * batch_size
-        self.rows = torch.arange(rank * batch_size, (rank + 1) * batch_size)  # global stream ids
-        self.phase = (self.rows * self.stream_steps) // n
-
-    def stream_start(self, row: int, segment: int) -> int:
-        """First token of the ``segment``-th stream of global row ``row``."""
-        g = torch.Generator().manual_seed(((self.seed * 1_000_003 + row) * 1_000_033 + segment) % (2**63))
-        return int(torch.randint(len(self.ids), (1,), generator=g))
-
-    def batch(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
-        j = index + self.phase  # (B,) steps since this row's first stream began
-        segment, within = j // self.stream_steps, j % self.stream_steps
-        starts = torch.tensor([self.stream_start(int(r), int(s)) for r, s in zip(self.rows, segment)])
-        offsets = (starts + within * self.block_size).unsqueeze(1) + torch.arange(self.block_size + 1)
-        chunk = self.ids[offsets % len(self.ids)]
-        return chunk[:, :-1], chunk[:, 1:], within == 0
 
 
 class CarriedState:

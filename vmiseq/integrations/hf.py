@@ -191,7 +191,7 @@ def hf_tokenizer(model_or_tokenizer):
     """transformers' fast tokenizer over the same ``tokenizers`` object as vmiseq's tokenizer."""
     from transformers import PreTrainedTokenizerFast
 
-    from ..tokenizer import EOS, UNK, Tokenizer
+    from ..data.tokenizer import EOS, UNK, Tokenizer
 
     tok = model_or_tokenizer
     if not isinstance(tok, Tokenizer):

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..hub import PretrainedMixin
+from ..saving import PretrainedMixin
 
 SCALER_FILE = "scaler.json"
 
@@ -26,8 +26,8 @@ def load_scaler(model: nn.Module, directory: Path) -> None:
     """Restore ``model.scaler`` from ``scaler.json`` when the folder has one."""
     path = directory / SCALER_FILE
     if path.is_file():
-        from ..data_timeseries import StandardScaler
-        from ..hub import read_json
+        from ..data.timeseries import StandardScaler
+        from ..saving import read_json
 
         d = read_json(directory, SCALER_FILE)
         n = model.config.n_vars

@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..hub import PretrainedMixin
+from ..saving import PretrainedMixin
 from ..layers import MLP, DropPath, VMISABlock
 from .dlinear import DLinear, DLinearConfig, load_scaler, save_scaler  # noqa: F401  (DLinear re-exported)
 from .forecast_norm import history_moments, moments_to_stats, running_moments, update_sums  # noqa: F401

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..hub import PretrainedMixin
+from ..saving import PretrainedMixin
 from ..layers.attention import CausalSelfAttention, KVCache
 from ..layers.block import MLP, VMISABlock
 from ..layers.dropout import Dropout, inference_context
@@ -592,7 +592,7 @@ class VMISAForCausalLM(PretrainedMixin, nn.Module):
 
     def _load_extra(self, directory: Path) -> None:
         if (directory / TOKENIZER_DIR).is_dir():
-            from ..tokenizer import Tokenizer
+            from ..data.tokenizer import Tokenizer
 
             self.tokenizer = Tokenizer.load(directory / TOKENIZER_DIR)
             if self.tokenizer.vocab_size > self.config.vocab_size:

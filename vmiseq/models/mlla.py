@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..hub import PretrainedMixin
+from ..saving import PretrainedMixin
 from ..layers.mlla import MLLABlock
 from .vminet import VMINet, _pair
 

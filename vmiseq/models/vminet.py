@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..hub import PretrainedMixin
+from ..saving import PretrainedMixin
 from ..layers.block import VMISABlock
 from ..layers.fusion import fold_batchnorm, fold_batchnorm_into
 from ..layers.vmisa import VMISALayer, resize_alpha_table

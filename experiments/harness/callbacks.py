@@ -1,5 +1,4 @@
-"""Lightning pieces that make an interrupted experiment resume exactly (imported lazily by
-``vmiseq.training``; needs the ``train`` extra).
+"""Lightning callbacks of the experiments: exact resume, reproducible draws, test hooks, timing.
 
 - ``HistoryCSVLogger``: Lightning's CSV logger, except that a resumed run keeps the rows
   logged before the step it resumes from (Lightning's own deletes ``metrics.csv``) and drops
@@ -9,8 +8,11 @@
   checkpoint); cuts the logger's history there and moves datasets that number their batches
   (``dataset.start``) to the next batch.
 - ``SeedEachBatch``: reseeds torch before every training batch from (seed, epoch, batch, rank),
-  so dropout / MixUp / DropPath draws do not depend on how many steps ran in this process.
+  or from (seed, optimiser step, rank), so dropout / MixUp / DropPath draws do not depend on
+  how many steps ran in this process.
 - ``KillAtStep``: the test hook behind the hidden ``--kill-at-step N``: SIGKILL before step N.
+- ``StopAfterEpochs``: a planned stop after N epochs that keeps the schedule of the whole run.
+- ``StepTimer``: the wall time of every training step.
 """
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ import csv
 import os
 import signal
 import sys
+import statistics
 import tempfile
-from typing import Any
+import time
+from typing import Any, Optional
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -91,7 +95,7 @@ class ResumePosition(Callback):
 
     ``step``: optimiser steps done before this fit (0 for a fresh run); ``batches``: training
     batches done. Datasets in ``datasets`` get ``dataset.start = batches``, for data whose
-    batch ``i`` is a pure function of ``i`` (``vmiseq.data_text.RandomWindows``). This happens
+    batch ``i`` is a pure function of ``i`` (``vmiseq.data.text.RandomWindows``). This happens
     while the checkpoint is restored: Lightning makes the training iterator (and prefetches its
     first batch) before any ``on_train_start``.
     """
@@ -103,7 +107,7 @@ class ResumePosition(Callback):
 
     @staticmethod
     def of(trainer) -> "ResumePosition":
-        """The instance ``vmiseq.training.build_trainer`` gave ``trainer``."""
+        """The instance ``build_trainer`` gave ``trainer``."""
         return next(cb for cb in trainer.callbacks if isinstance(cb, ResumePosition))
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
@@ -120,13 +124,19 @@ class ResumePosition(Callback):
 
 
 class SeedEachBatch(Callback):
-    """Reseed torch before every training batch from (seed, epoch, batch index, rank)."""
+    """Reseed torch before every training batch from (seed, epoch, batch index, rank), or with
+    ``by_step`` from (seed, optimiser step, rank): the step count is what a resume restores
+    exactly when checkpoints fall at the end of epochs (Lightning's epoch and batch counters
+    around such a restart are not)."""
 
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
+    def __init__(self, seed: int, by_step: bool = False) -> None:
+        self.seed, self.by_step = seed, by_step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        torch.manual_seed((self.seed * 1_000_003 + trainer.current_epoch) * 1_000_033 + batch_idx * 1009 + trainer.global_rank)
+        if self.by_step:
+            torch.manual_seed(self.seed * 1_000_003 + 7919 * trainer.global_step + trainer.global_rank)
+        else:
+            torch.manual_seed((self.seed * 1_000_003 + trainer.current_epoch) * 1_000_033 + batch_idx * 1009 + trainer.global_rank)
 
 
 class KillAtStep(Callback):
@@ -141,3 +151,36 @@ class KillAtStep(Callback):
             sys.stdout.flush()
             sys.stderr.flush()
             os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+class StopAfterEpochs(Callback):
+    """End training after ``n`` epochs (counted from the start of the run, so a resumed run
+    continues to ``--epochs``) without changing the learning-rate schedule."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 >= self.n:
+            trainer.should_stop = True
+
+
+class StepTimer(Callback):
+    """The wall time of every training step (data, forward, backward, optimiser); its median
+    is robust to other jobs briefly sharing the machine."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._last: Optional[float] = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.times.append(now - self._last)
+        self._last = now
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._last = None  # validation time is not a training step
+
+    def median_ms(self) -> Optional[float]:
+        return 1000 * statistics.median(self.times) if self.times else None
