@@ -9,16 +9,11 @@ probed once at import and used only where the probe gave the expected numbers.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from ..ops.chunk import global_chunk
-
-if TYPE_CHECKING:
-    from .vmisa import VMISALayer
 
 
 def _mkldnn_linear_ops():
@@ -64,7 +59,7 @@ def fold_batchnorm_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -
 
 
 @torch.no_grad()
-def fuse_layer(layer: "VMISALayer") -> "VMISALayer":
+def fuse_layer(layer: nn.Module) -> nn.Module:
     """Fold the BatchNorms of an image layer into the convs around them (``VMISALayer.fuse``)."""
     if layer.conv_dims != 2:
         raise ValueError(f"fuse: only image layers (conv_dims=2) fuse their BatchNorms, got conv_dims={layer.conv_dims}")
@@ -79,7 +74,7 @@ def fuse_layer(layer: "VMISALayer") -> "VMISALayer":
     return layer
 
 
-def residual_forward(layer: "VMISALayer", x: Tensor) -> Tensor:
+def residual_forward(layer: nn.Module, x: Tensor) -> Tensor:
     """``x + layer(x)`` for a fused image layer at inference (``VMISALayer.residual_forward``).
 
     The same math as the layer's global path plus the block's residual, arranged for the
