@@ -70,7 +70,7 @@ class ModelConfig:
         if config is None:
             return cls(**overrides)
         if not isinstance(config, cls):
-            raise TypeError(f"config: expected a {cls.__name__}, got {type(config).__name__}")
+            raise TypeError(f"config: expected an instance of {cls.__name__}, got {type(config).__name__}")
         return dataclasses.replace(config, **overrides) if overrides else config
 
     # ------------------------------------------------------------------ field checks
