@@ -14,7 +14,7 @@ Every block has the same state API (``init_state``, ``forward(x, state, output_s
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch.nn as nn
 from torch import Tensor
@@ -49,7 +49,7 @@ class PreNormBlock(nn.Module):
         if mlp_ratio > 0:
             self.mlp_norm = nn.LayerNorm(dim)
             self.mlp = MLP(dim, int(round(mlp_ratio * dim)), dropout)
-        self._register_load_state_dict_pre_hook(_rename_old_norms)
+        self.register_load_state_dict_pre_hook(_rename_old_norms)
 
     def init_state(self, batch_size: int, device=None, dtype=None):
         return self.mixer.init_state(batch_size, device, dtype)
@@ -70,7 +70,8 @@ class PreNormBlock(nn.Module):
         return y.squeeze(1), new_state
 
 
-def _rename_old_norms(state_dict, prefix, *args) -> None:
+def _rename_old_norms(module: nn.Module, state_dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: the former norm names -> the current ones."""
     for key in [k for k in state_dict if k.startswith(prefix)]:
         for old, new in _OLD_NORM_NAMES.items():
             if key.startswith(prefix + old):
@@ -78,29 +79,30 @@ def _rename_old_norms(state_dict, prefix, *args) -> None:
 
 
 def make_block(
-    mixer: str,
+    config: Any,
     dim: int,
-    *,
-    n_heads: int,
-    mlp_ratio: float,
-    dropout: float,
+    layer_fields: Sequence[str] = (),
     drop_path: float = 0.0,
     gla_conv_kernel: Optional[int] = None,
-    **vmisa_options: Any,
+    **layer_options: Any,
 ) -> nn.Module:
-    """One causal residual block of width ``dim`` with token mixer ``mixer`` (one of ``MIXERS``).
+    """One causal residual block of width ``dim`` for a model config.
 
-    ``n_heads``: heads of the baseline mixers. ``gla_conv_kernel``: the GLA mixer's short
-    convolution (None: the layer's default). ``vmisa_options``: for ``VMISALayer`` (alpha,
-    decay, rank_mask, conv_kernel, norm, ...; ``causal=True`` is set here).
+    ``config`` names the mixer and its sizes: ``config.mixer`` (one of ``MIXERS``),
+    ``n_heads`` (heads of the baselines), ``mlp_ratio`` and ``dropout``.
+    ``layer_fields``: config fields passed on to ``VMISALayer`` under their own names;
+    ``layer_options``: more ``VMISALayer`` keywords (``causal=True`` is set here).
+    ``drop_path``: stochastic-depth rate. ``gla_conv_kernel``: the GLA mixer's short
+    convolution (None: the layer's default).
     """
-    if mixer == "vmisa":
-        return VMISABlock(dim, mlp_ratio=mlp_ratio, drop_path=drop_path, dropout=dropout, causal=True, **vmisa_options)
-    if mixer == "attention":
-        layer: nn.Module = CausalSelfAttention(dim, n_heads, dropout=dropout)
-    elif mixer == "gla":
+    if config.mixer == "vmisa":
+        options = {name: getattr(config, name) for name in layer_fields} | layer_options
+        return VMISABlock(dim, mlp_ratio=config.mlp_ratio, drop_path=drop_path, dropout=config.dropout, causal=True, **options)
+    if config.mixer == "attention":
+        layer: nn.Module = CausalSelfAttention(dim, config.n_heads, dropout=config.dropout)
+    elif config.mixer == "gla":
         conv = {} if gla_conv_kernel is None else {"conv_kernel": gla_conv_kernel}
-        layer = GatedLinearAttention(dim, n_heads, dropout=dropout, **conv)
+        layer = GatedLinearAttention(dim, config.n_heads, dropout=config.dropout, **conv)
     else:
-        raise ValueError(f"mixer: expected one of {MIXERS}, got {mixer!r}")
-    return PreNormBlock(dim, layer, mlp_ratio, dropout, drop_path)
+        raise ValueError(f"mixer: expected one of {MIXERS}, got {config.mixer!r}")
+    return PreNormBlock(dim, layer, config.mlp_ratio, config.dropout, drop_path)

@@ -97,12 +97,10 @@ class ModelConfig:
 
     def _check_rates(self, *names: str) -> None:
         """Probabilities in [0, 1) (dropout, drop-path rates)."""
+        self._check_numbers(*names)
         for name in names:
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or isinstance(value, bool):
-                raise TypeError(f"{name}: expected a number in [0, 1), got {type(value).__name__} {value!r}")
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1), got {getattr(self, name)!r}")
 
     def _check_choice(self, name: str, choices: Sequence[Any]) -> None:
         value = getattr(self, name)

@@ -69,15 +69,7 @@ _LAYER_FIELDS = ("expand", "alpha", "decay", "rank_mask", "conv_kernel")
 def _make_block(cfg: ForecasterConfig) -> nn.Module:
     # the GLA baseline keeps its layer's default short convolution (conv_kernel is the
     # VMI-SA layer's): saved GLA forecasters depend on it
-    return make_block(
-        cfg.mixer,
-        cfg.d_model,
-        n_heads=cfg.n_heads,
-        mlp_ratio=cfg.mlp_ratio,
-        dropout=cfg.dropout,
-        drop_path=cfg.drop_path,
-        **{name: getattr(cfg, name) for name in _LAYER_FIELDS},
-    )
+    return make_block(cfg, cfg.d_model, _LAYER_FIELDS, drop_path=cfg.drop_path)
 
 
 class VMISAForecaster(OnlineForecastMixin, ScalerFileMixin, PretrainedMixin, nn.Module):

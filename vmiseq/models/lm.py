@@ -147,16 +147,8 @@ class VMISAForCausalLM(LMGenerationMixin, PretrainedMixin, nn.Module):
 
     def _make_block(self) -> nn.Module:
         c = self.config
-        return make_block(
-            c.mixer,
-            c.dim,
-            n_heads=c.n_heads,
-            mlp_ratio=c.mlp_ratio,
-            dropout=c.dropout,
-            gla_conv_kernel=c.conv_kernel,
-            max_len=c.max_len if c.alpha == "position" else None,
-            **{name: getattr(c, name) for name in self._LAYER_FIELDS},
-        )
+        max_len = c.max_len if c.alpha == "position" else None
+        return make_block(c, c.dim, self._LAYER_FIELDS, gla_conv_kernel=c.conv_kernel, max_len=max_len)
 
     # ------------------------------------------------------------------ helpers
     def num_parameters(self, non_embedding: bool = False) -> int:
