@@ -22,12 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..layers.dropout import inference_context
+from .config import is_int
 
 _SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _is_real(x) -> bool:
@@ -45,13 +42,13 @@ def check_generation_args(
     prefill_chunk_size,
 ) -> None:
     """Raise TypeError / ValueError naming the first bad argument of ``generate``."""
-    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+    if not is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
     if not _is_real(temperature):
         raise TypeError(f"temperature: expected a number >= 0, got {type(temperature).__name__} {temperature!r}")
     if not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature: expected a finite number >= 0 (0: greedy), got {temperature!r}")
-    if top_k is not None and (not _is_int(top_k) or top_k <= 0):
+    if top_k is not None and (not is_int(top_k) or top_k <= 0):
         raise ValueError(f"top_k: expected a positive int or None, got {top_k!r}")
     if top_p is not None:
         if not _is_real(top_p):
@@ -59,12 +56,12 @@ def check_generation_args(
         if not 0.0 < top_p <= 1.0:  # NaN fails too
             raise ValueError(f"top_p: expected a probability in (0, 1] or None, got {top_p!r}")
     if eos_token_id is not None:
-        if not _is_int(eos_token_id):
+        if not is_int(eos_token_id):
             raise TypeError(f"eos_token_id: expected an int token id or None, got {type(eos_token_id).__name__} {eos_token_id!r}")
         if not 0 <= eos_token_id < vocab_size:
             raise ValueError(f"eos_token_id: expected an id in [0, {vocab_size}), got {eos_token_id!r}")
     if seed is not None:
-        if not _is_int(seed):
+        if not is_int(seed):
             raise TypeError(f"seed: expected an int or None, got {type(seed).__name__} {seed!r}")
         if not _SEED_RANGE[0] <= seed <= _SEED_RANGE[1]:
             raise ValueError(f"seed: expected an int in [-2**63, 2**64), got {seed!r}")
@@ -96,7 +93,7 @@ def sampling_options(vocab_size: int, max_new_tokens, options: dict) -> dict:
 
 
 def check_chunk_size(name: str, chunk_size) -> None:
-    if chunk_size is not None and (not _is_int(chunk_size) or chunk_size <= 0):
+    if chunk_size is not None and (not is_int(chunk_size) or chunk_size <= 0):
         raise ValueError(f"{name}: expected a positive int (tokens per prefill piece) or None, got {chunk_size!r}")
 
 
