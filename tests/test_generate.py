@@ -132,6 +132,7 @@ def test_generate_argument_errors():
         (dict(max_new_tokens=2, prefill_chunk_size=-1), ValueError, ["prefill_chunk_size:", "positive int", "-1"]),
         (dict(max_new_tokens=2, prefill_chunk_size=0), ValueError, ["prefill_chunk_size:", "positive int", "0"]),
         (dict(max_new_tokens=2, streamer="print"), TypeError, ["streamer:", "callable", "str"]),
+        (dict(max_new_tokens=2, temprature=0.5), TypeError, ["unexpected keyword", "'temprature'", "temperature"]),
     ]:
         with pytest.raises(exc) as info:
             model.generate(p, **kwargs)

@@ -147,6 +147,24 @@ def test_saved_config_is_plain_json(tmp_path):
     assert meta["model_class"] == "VMISAForCausalLM" and meta["config"]["mixer"] == "attention"
 
 
+@pytest.mark.parametrize("name", ["attention", "gla"])
+def test_weights_saved_with_the_former_block_names_load(tmp_path, name):
+    """The baselines' pre-norm block once named its norms ``norm1`` / ``norm2`` (now ``norm`` /
+    ``mlp_norm``, as ``VMISABlock``): a folder saved then still loads, with the same outputs."""
+    from safetensors.torch import load_file, save_file
+
+    model = make(name)
+    path = model.save_pretrained(tmp_path / "m")
+    new = load_file(str(path / "model.safetensors"))
+    old = {k.replace(".norm.", ".norm1.").replace(".mlp_norm.", ".norm2."): v for k, v in new.items()}
+    assert any(".norm1." in k for k in old) and any(".norm2." in k for k in old)
+    save_file(old, str(path / "model.safetensors"), metadata={"format": "pt"})
+    loaded = VMISAForCausalLM.from_pretrained(path).eval()
+    ids = torch.randint(0, V, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
 # ------------------------------------------------------------------ bad input
 def test_token_ids_outside_vocab():
     model = make("vmisa-scalar")

@@ -17,7 +17,7 @@ from vmiseq.layers.vmisa import VMISALayer, resize_alpha_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Official code, v1 (mask off, BatchNorm after g): params and GMACs at 224 px (DESIGN.md §2).
+# Official code, v1 (mask off, BatchNorm after g): params and GMACs at 224 px (docs/design.md §2).
 OFFICIAL = {
     "vminet_ti": (2.037e6, 0.35),
     "vminet_xs": (7.440e6, 1.26),

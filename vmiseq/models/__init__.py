@@ -1,6 +1,14 @@
 """Models built from VMI-SA blocks: VMINet (vision), the causal LM, the forecaster; and MLLA,
 the Mamba-like linear attention backbone VMINet is compared with.
 
+Layout: each model has its modelling file and its config file (``lm.py`` + ``lm_config.py``,
+``forecaster.py`` + ``forecaster_config.py``, ``vminet.py`` + ``vminet_config.py``; MLLA and
+DLinear keep their small configs inline), all configs on ``config.ModelConfig``. Shared by the
+causal models: ``blocks.py`` (``MIXERS``, the pre-norm block, ``make_block``); the LM's
+sampling, streaming and ragged batches are in ``generation.py``, the forecaster's online path
+in ``forecaster_online.py`` and its statistics in ``forecast_norm.py``; ``registry.py`` names
+the vision variants.
+
 Names are resolved lazily so ``import vmiseq`` stays light and each model module only
 loads what it needs.
 """

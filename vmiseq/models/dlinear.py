@@ -1,9 +1,7 @@
 """DLinear (Zeng et al., AAAI 2023): the standard linear forecasting baseline."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -12,39 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..saving import PretrainedMixin
-
-SCALER_FILE = "scaler.json"
-
-
-def save_scaler(model: nn.Module, directory: Path) -> None:
-    """Write ``model.scaler`` (a StandardScaler, if any) beside the weights."""
-    if getattr(model, "scaler", None) is not None:
-        (directory / SCALER_FILE).write_text(json.dumps(model.scaler.to_dict()))
-
-
-def load_scaler(model: nn.Module, directory: Path) -> None:
-    """Restore ``model.scaler`` from ``scaler.json`` when the folder has one."""
-    path = directory / SCALER_FILE
-    if path.is_file():
-        from ..data.timeseries import StandardScaler
-        from ..saving import read_json
-
-        d = read_json(directory, SCALER_FILE)
-        n = model.config.n_vars
-        ok = isinstance(d, dict) and all(
-            isinstance(d.get(k), list) and len(d[k]) == n and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in d[k])
-            for k in ("mean", "std")
-        )
-        if not ok or not all(x > 0 for x in d["std"]):
-            raise ValueError(
-                f"{SCALER_FILE}: expected {{'mean': [{n} numbers], 'std': [{n} positive numbers]}} (n_vars={n}) "
-                f"in {str(directory)!r}, got {json.dumps(d)[:200]}"
-            )
-        model.scaler = StandardScaler.from_dict(d)
+from .config import ModelConfig
+from .scaler_file import ScalerFileMixin
 
 
 @dataclass
-class DLinearConfig:
+class DLinearConfig(ModelConfig):
     """DLinear (Zeng et al., AAAI 2023): moving-average trend + remainder, one linear map each."""
 
     n_vars: int = 7
@@ -54,25 +25,22 @@ class DLinearConfig:
     individual: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("n_vars", "seq_len", "pred_len", "kernel_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        self._check_positive_ints("n_vars", "seq_len", "pred_len", "kernel_size")
 
 
-class DLinear(PretrainedMixin, nn.Module):
+class DLinear(ScalerFileMixin, PretrainedMixin, nn.Module):
     """The official DLinear: series decomposition by a replicate-padded moving average, then
     ``Linear(seq_len -> pred_len)`` on the seasonal and trend parts (shared across variables
     unless ``individual``), summed. Input (B, seq_len, N) -> (B, pred_len, N).
+
+    A StandardScaler attached as ``model.scaler`` is saved and restored with the weights.
     """
 
     config_class = DLinearConfig
 
     def __init__(self, config: Optional[DLinearConfig] = None, **kwargs: Any) -> None:
         super().__init__()
-        if config is None:
-            config = DLinearConfig(**kwargs)
-        self.config = cfg = config
+        self.config = cfg = DLinearConfig.resolve(config, kwargs)
         self.scaler = None
         L, H = cfg.seq_len, cfg.pred_len
         n = cfg.n_vars if cfg.individual else 1
@@ -102,9 +70,3 @@ class DLinear(PretrainedMixin, nn.Module):
         else:
             out = self.seasonal[0](s) + self.trend[0](t)
         return out.transpose(1, 2)
-
-    def _save_extra(self, directory: Path) -> None:
-        save_scaler(self, directory)
-
-    def _load_extra(self, directory: Path) -> None:
-        load_scaler(self, directory)

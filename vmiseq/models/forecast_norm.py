@@ -23,6 +23,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# the causal statistics a forecaster normalises its series with (``ForecasterConfig.norm``;
+# not the norm inside a layer, which is ``vmiseq.layers.vmisa.NORMS``)
+SERIES_NORMS = ("window", "ema", "expanding", "none")
+
 
 def running_moments(x: Tensor, lam: float, chunk: int = 256) -> tuple[Tensor, Tensor, Tensor]:
     """Exponentially weighted running sums over time, all in float64.

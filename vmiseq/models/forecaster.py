@@ -34,13 +34,13 @@ The head reads only the last token, so the model accepts any history of at least
 ``patch_len`` observations (``seq_len`` with a linear path) and its online state never grows
 (with ``mixer="vmisa"`` or ``"gla"``; the attention baseline's KV cache grows by design).
 
+This module holds the model and its batch path; the online path (``init_state`` /
+``update`` / ``forecast``) is in :mod:`vmiseq.models.forecaster_online`, the config in
+:mod:`vmiseq.models.forecaster_config`, the statistics in :mod:`vmiseq.models.forecast_norm`.
 ``DLinear`` (Zeng et al. 2023, the standard linear baseline) is in :mod:`vmiseq.models.dlinear`.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -48,241 +48,36 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..saving import PretrainedMixin
-from ..layers import MLP, DropPath, VMISABlock
-from .dlinear import DLinear, DLinearConfig, load_scaler, save_scaler  # noqa: F401  (DLinear re-exported)
-from .forecast_norm import history_moments, moments_to_stats, running_moments, update_sums  # noqa: F401
+from .blocks import PreNormBlock, make_block
+from .dlinear import DLinear, DLinearConfig
+from .forecast_norm import history_moments, moments_to_stats, running_moments
+from .forecaster_config import ForecasterConfig
+from .forecaster_online import ForecasterState, OnlineForecastMixin
+from .scaler_file import ScalerFileMixin
 
-NORMS = ("window", "ema", "expanding", "none")
-MIXERS = ("vmisa", "attention", "gla")
-LINEAR_PATHS = ("average", "sum", "none")
+# also importable from here, as before the split: the config, the state, DLinear, the
+# statistics and the baselines' block
+__all__ = [
+    "VMISAForecaster", "ForecasterConfig", "ForecasterState", "DLinear", "DLinearConfig",
+    "moments_to_stats", "running_moments", "PreNormBlock",
+]  # fmt: skip
 
-
-# ---------------------------------------------------------------------------- config
-@dataclass
-class ForecasterConfig:
-    """Hyper-parameters of :class:`VMISAForecaster` (defaults: the ETTh1 recipe of docs/timeseries.md).
-
-    Attributes:
-        n_vars: N, variables per time step.
-        pred_len: H, steps forecast.
-        seq_len: the input length the model is trained with (informational: the model accepts
-            any history of at least ``patch_len`` observations).
-        patch_len / stride: observations per token and between consecutive tokens.
-        d_model / n_layers: width and depth of the block stack.
-        expand: VMI-SA inner width factor (D = expand * d_model).
-        mlp_ratio: hidden width of the per-block MLP (0 disables it).
-        mixer: "vmisa" (the library's layer), "attention" (causal SDPA, Transformer baseline)
-            or "gla" (gated linear attention baseline).
-        n_heads: heads of the baseline mixers.
-        channel_independent: one sequence per variable (True) or one token for all (False).
-        norm: "window" (equal weights on the last ``norm_window`` observations: the statistics
-            a ``seq_len`` training window had, however long the history), "ema" (causal
-            exponentially weighted), "expanding" (equal weights over the whole history: after
-            a long stream these are global statistics the model never saw in training) or
-            "none". See :mod:`vmiseq.models.forecast_norm`.
-        norm_window: observations in the "window" statistics (0 = ``seq_len``; then a
-            ``seq_len`` history is normalised exactly as with "expanding").
-        norm_halflife: half-life in observations of the "ema" statistics.
-        norm_affine: learnable per-variable affine after normalisation (RevIN's).
-        norm_eps: added to the variance.
-        decay / rank_mask / alpha / conv_kernel: forwarded to ``VMISALayer``. The rank mask is
-            off by default: with a dozen tokens per window it would keep most channels from
-            ever seeing context.
-        dropout / drop_path / head_dropout: regularisation.
-        cycle_len: length of a learned periodic profile (24 for hourly data with a daily
-            cycle; 0 turns it off). As in CycleNet (Lin et al. 2024), the profile, in
-            normalised units, is subtracted from the input before the blocks and added to
-            the forecast; it needs the absolute time index of the first observation
-            (``start`` in :meth:`VMISAForecaster.forward` and ``init_state``).
-        linear_path: a linear forecaster beside the blocks, ``Linear(seq_len -> pred_len)``
-            of the last ``seq_len`` normalised observations minus the cycle (RLinear /
-            CycleNet-Linear). "average" (the default): the forecast is the mean of the two
-            paths' forecasts, and training fits each path on its own loss
-            (:meth:`VMISAForecaster.forward` with ``return_branches=True``), so the two act as
-            a two-member ensemble inside one model; "sum": the head and the linear map are
-            added and trained together; "none": the blocks alone. Online the linear path
-            needs a buffer of ``seq_len`` observations -- constant, but it makes ``seq_len``
-            the minimum history.
-    """
-
-    n_vars: int = 7
-    pred_len: int = 96
-    seq_len: int = 96
-    patch_len: int = 16
-    stride: int = 16
-    d_model: int = 64
-    n_layers: int = 2
-    expand: int = 2
-    mlp_ratio: float = 2.0
-    mixer: str = "vmisa"
-    n_heads: int = 4
-    channel_independent: bool = True
-    norm: str = "window"
-    norm_window: int = 0
-    norm_halflife: float = 96.0
-    norm_affine: bool = True
-    norm_eps: float = 1e-5
-    decay: Optional[str] = "input"
-    rank_mask: bool = False
-    alpha: str = "input"
-    conv_kernel: int = 4
-    dropout: float = 0.3
-    drop_path: float = 0.0
-    head_dropout: float = 0.0
-    cycle_len: int = 0
-    linear_path: str = "average"
-
-    def __post_init__(self) -> None:
-        if self.linear_path not in LINEAR_PATHS:
-            raise ValueError(f"linear_path: expected one of {LINEAR_PATHS}, got {self.linear_path!r}")
-        for name in ("n_vars", "pred_len", "seq_len", "patch_len", "stride", "d_model", "n_layers", "expand", "n_heads", "conv_kernel"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if self.mixer not in MIXERS:
-            raise ValueError(f"mixer: expected one of {MIXERS}, got {self.mixer!r}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm: expected one of {NORMS}, got {self.norm!r}")
-        if not isinstance(self.norm_window, int) or isinstance(self.norm_window, bool) or self.norm_window < 0:
-            raise ValueError(f"norm_window: expected an int >= 0 (0 = seq_len), got {self.norm_window!r}")
-        if self.norm == "ema" and not (self.norm_halflife > 0):
-            raise ValueError(f"norm_halflife: expected a positive number of observations, got {self.norm_halflife!r}")
-        if self.seq_len < self.patch_len:
-            raise ValueError(f"seq_len: expected at least patch_len={self.patch_len} observations, got {self.seq_len}")
-        for name in ("dropout", "drop_path", "head_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
-        if not isinstance(self.cycle_len, int) or isinstance(self.cycle_len, bool) or self.cycle_len < 0:
-            raise ValueError(f"cycle_len: expected an int >= 0 (0 = no cycle), got {self.cycle_len!r}")
-        if self.mlp_ratio < 0:
-            raise ValueError(f"mlp_ratio: expected >= 0, got {self.mlp_ratio!r}")
-        if self.mixer != "vmisa" and self.d_model % self.n_heads:
-            raise ValueError(f"n_heads: expected a divisor of d_model={self.d_model}, got {self.n_heads}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ForecasterConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        d = dict(d)
-        if "linear_skip" in d and "linear_path" not in d:  # configs saved before linear_path
-            d["linear_path"] = "sum" if d.pop("linear_skip") else "none"
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"config: unknown ForecasterConfig field(s) {unknown}")
-        return cls(**d)
-
-    @property
-    def stats_window(self) -> int:
-        """Observations in the "window" statistics (``norm_window``, or ``seq_len`` when 0)."""
-        return self.norm_window or self.seq_len
-
-    @property
-    def decay_factor(self) -> float:
-        """Per-observation weight factor lambda of the running statistics (1 = expanding)."""
-        if self.norm == "ema":
-            return 0.5 ** (1.0 / self.norm_halflife)
-        return 1.0
-
-
-# ---------------------------------------------------------------------------- blocks
-class PreNormBlock(nn.Module):
-    """``x + DropPath(mixer(LayerNorm(x)))`` then an optional MLP: the block for the baseline mixers.
-
-    (``VMISABlock`` needs no pre-norm: ``VMISALayer`` normalises after its local convolution.)
-    The mixer's state API (``forward(x, state, output_state)``, ``init_state``) passes through.
-    """
-
-    def __init__(self, dim: int, mixer: nn.Module, mlp_ratio: float, drop_path: float, dropout: float) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.mixer = mixer
-        self.drop_path = DropPath(drop_path)
-        self.mlp: Optional[MLP] = None
-        if mlp_ratio > 0:
-            self.mlp_norm = nn.LayerNorm(dim)
-            self.mlp = MLP(dim, int(round(mlp_ratio * dim)), dropout)
-
-    def init_state(self, batch_size: int, device=None, dtype=None):
-        return self.mixer.init_state(batch_size, device, dtype)
-
-    def forward(self, x: Tensor, state=None, output_state: bool = False):
-        out = self.mixer(self.norm(x), state, output_state=output_state)
-        y, new_state = out if output_state else (out, None)
-        x = x + self.drop_path(y)
-        if self.mlp is not None:
-            x = x + self.drop_path(self.mlp(self.mlp_norm(x)))
-        return (x, new_state) if output_state else x
+# config fields passed on to every VMISALayer as they are
+_LAYER_FIELDS = ("expand", "alpha", "decay", "rank_mask", "conv_kernel")
 
 
 def _make_block(cfg: ForecasterConfig) -> nn.Module:
-    if cfg.mixer == "vmisa":
-        return VMISABlock(
-            cfg.d_model,
-            mlp_ratio=cfg.mlp_ratio,
-            drop_path=cfg.drop_path,
-            dropout=cfg.dropout,
-            expand=cfg.expand,
-            causal=True,
-            alpha=cfg.alpha,
-            decay=cfg.decay,
-            rank_mask=cfg.rank_mask,
-            conv_kernel=cfg.conv_kernel,
-        )
-    if cfg.mixer == "attention":
-        from ..layers.attention import CausalSelfAttention
-
-        mixer = CausalSelfAttention(cfg.d_model, n_heads=cfg.n_heads, dropout=cfg.dropout)
-    else:
-        from ..layers.gla import GatedLinearAttention
-
-        mixer = GatedLinearAttention(cfg.d_model, n_heads=cfg.n_heads, dropout=cfg.dropout)
-    return PreNormBlock(cfg.d_model, mixer, cfg.mlp_ratio, cfg.drop_path, cfg.dropout)
+    # the GLA baseline keeps its layer's default short convolution (conv_kernel is the
+    # VMI-SA layer's): saved GLA forecasters depend on it
+    return make_block(cfg, cfg.d_model, _LAYER_FIELDS, drop_path=cfg.drop_path)
 
 
-# ---------------------------------------------------------------------------- online state
-@dataclass
-class ForecasterState:
-    """Everything :meth:`VMISAForecaster.update` needs; its size never depends on the history
-    length (with the "vmisa" and "gla" mixers).
-
-    Attributes:
-        count: observations seen so far (the same for every series of the batch).
-        buffer: (B, K, N) the last K observations (raw), oldest first; K =
-            :attr:`VMISAForecaster.buffer_len` (the patch, the linear path's window, the
-            window of the "window" statistics).
-        s0: () float64 running weight sum; s1, s2: (B, N) float64 running sums of x and x^2.
-        phases: ``stride`` lists (one per phase T mod stride) of per-layer mixer states.
-        last_hidden: (B', d_model) features of the newest token (None before the first patch).
-        last_mean / last_std: (B, N) float64 statistics at the newest observation.
-        start: (B,) absolute time index of the first observation (with a cycle), else None.
-        signature: the settings of the model that made the state (checked by ``update`` and
-            ``forecast``: a state from another model is an error, not a wrong forecast).
-    """
-
-    count: int
-    buffer: Tensor
-    s0: Tensor
-    s1: Tensor
-    s2: Tensor
-    phases: list
-    last_hidden: Optional[Tensor] = None
-    last_mean: Optional[Tensor] = None
-    last_std: Optional[Tensor] = None
-    start: Optional[Tensor] = None
-    signature: Optional[dict] = None
-
-    @property
-    def batch_size(self) -> int:
-        return self.buffer.shape[0]
-
-
-# ---------------------------------------------------------------------------- model
-class VMISAForecaster(PretrainedMixin, nn.Module):
+class VMISAForecaster(OnlineForecastMixin, ScalerFileMixin, PretrainedMixin, nn.Module):
     """Patch-token forecaster built from causal VMI-SA blocks (see the module docstring).
 
     ``forward(x)`` maps a history (B, T, N) with T >= patch_len to a forecast (B, H, N).
     ``init_state`` / ``update`` / ``forecast`` do the same one observation at a time.
-    A :class:`~vmiseq.data_timeseries.StandardScaler` attached as ``model.scaler`` is saved
+    A :class:`~vmiseq.data.timeseries.StandardScaler` attached as ``model.scaler`` is saved
     and restored with the weights (``scaler.json``).
     """
 
@@ -290,13 +85,7 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
 
     def __init__(self, config: Optional[ForecasterConfig] = None, **kwargs: Any) -> None:
         super().__init__()
-        if config is None:
-            config = ForecasterConfig(**kwargs)
-        elif kwargs:
-            config = dataclasses.replace(config, **kwargs)
-        if not isinstance(config, ForecasterConfig):
-            raise TypeError(f"config: expected a ForecasterConfig, got {type(config).__name__}")
-        self.config = cfg = config
+        self.config = cfg = ForecasterConfig.resolve(config, kwargs)
         N, P, d = cfg.n_vars, cfg.patch_len, cfg.d_model
         self.scaler = None  # optional data scaler, saved beside the weights
         if cfg.norm_affine and cfg.norm != "none":
@@ -540,133 +329,3 @@ class VMISAForecaster(PretrainedMixin, nn.Module):
             sd = None if std_all is None else std_all[0, e - 1]
             out[pick] = self._decode(h_last, m, sd, e.numel(), next_index, window)
         return out
-
-    # ------------------------------------------------------------------ online
-    def init_state(self, batch_size: int, device=None, dtype=None, start=None) -> ForecasterState:
-        """An empty history for ``batch_size`` series (feed observations with :meth:`update`).
-
-        ``start``: absolute time index of the first observation to come (cycle only).
-        """
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
-            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-        cfg = self.config
-        ref = self.embed.weight
-        device = device if device is not None else ref.device
-        start = self._check_start(start, batch_size, device)
-        dtype = dtype if dtype is not None else ref.dtype
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"dtype: expected a floating-point torch.dtype (e.g. torch.float32), got {dtype!r}")
-        inner_batch = batch_size * cfg.n_vars if cfg.channel_independent else batch_size
-        phases = [[blk.init_state(inner_batch, device, dtype) for blk in self.blocks] for _ in range(cfg.stride)]
-        return ForecasterState(
-            count=0,
-            buffer=torch.zeros(batch_size, self.buffer_len, cfg.n_vars, device=device, dtype=dtype),
-            s0=torch.zeros((), dtype=torch.float64, device=device),
-            s1=torch.zeros(batch_size, cfg.n_vars, dtype=torch.float64, device=device),
-            s2=torch.zeros(batch_size, cfg.n_vars, dtype=torch.float64, device=device),
-            phases=phases,
-            start=start,
-            signature=self._state_signature(),
-        )
-
-    _SIGNATURE_FIELDS = (
-        "n_vars", "patch_len", "stride", "seq_len", "pred_len", "n_layers", "d_model", "expand", "mixer",
-        "channel_independent", "linear_path", "norm", "cycle_len",
-    )  # fmt: skip
-
-    def _state_signature(self) -> dict:
-        cfg = self.config
-        sig = {name: getattr(cfg, name) for name in self._SIGNATURE_FIELDS}
-        sig["norm_window"] = cfg.stats_window if cfg.norm == "window" else None
-        sig["decay_factor"] = cfg.decay_factor
-        return sig
-
-    def _check_state(self, state) -> None:
-        """A state made by :meth:`init_state` of a model with these settings, else a clear error."""
-        if not isinstance(state, ForecasterState):
-            raise TypeError(f"state: expected a ForecasterState from init_state, got {type(state).__name__}")
-        if not isinstance(state.signature, dict):
-            raise ValueError("state: expected a ForecasterState from this model's init_state, got one without model settings")
-        for name, want in self._state_signature().items():
-            got = state.signature.get(name)
-            if got != want:
-                raise ValueError(
-                    f"state: expected a state of a model with {name}={want!r} (this model), "
-                    f"got one made by a model with {name}={got!r}"
-                )
-        want_shape = (state.batch_size, self.buffer_len, self.config.n_vars)
-        if not isinstance(state.buffer, Tensor) or tuple(state.buffer.shape) != want_shape:
-            got = tuple(state.buffer.shape) if isinstance(state.buffer, Tensor) else type(state.buffer).__name__
-            raise ValueError(f"state.buffer: expected shape (B, K, N) = {want_shape}, got {got}")
-
-    @torch.no_grad()
-    def update(self, observation: Tensor, state: ForecasterState) -> ForecasterState:
-        """Advance ``state`` by one observation (B, N); returns the new state.
-
-        Work per call is constant: the running sums, the patch buffer, and one token step of
-        the block stack for the phase whose patch this observation completes.
-        """
-        cfg = self.config
-        self._check_state(state)
-        B = state.batch_size
-        if not isinstance(observation, Tensor) or tuple(observation.shape) != (B, cfg.n_vars):
-            shape = tuple(observation.shape) if isinstance(observation, Tensor) else type(observation).__name__
-            raise ValueError(f"observation: expected shape (B, N) = {(B, cfg.n_vars)}, got {shape}")
-        obs = observation.to(state.buffer.dtype)  # cast first: a value beyond the dtype's range becomes inf here
-        if not torch.isfinite(obs).all():
-            bad = observation[~torch.isfinite(obs)][0].item()
-            raise ValueError(f"observation: expected finite values representable in {obs.dtype}, got {bad!r}")
-        od = obs.to(torch.float64)  # the sums see exactly the values the buffer keeps (as the batch path)
-        leaving = None
-        if cfg.norm == "window" and state.count >= cfg.stats_window:
-            leaving = state.buffer[:, state.buffer.shape[1] - cfg.stats_window].to(torch.float64)
-        s0, s1, s2 = update_sums((state.s0, state.s1, state.s2), od, leaving, cfg.decay_factor)
-        buffer = torch.cat([state.buffer[:, 1:], obs.unsqueeze(1)], dim=1)
-        count = state.count + 1
-        new = ForecasterState(
-            count, buffer, s0, s1, s2, state.phases, state.last_hidden, state.last_mean, state.last_std, state.start,
-            state.signature,
-        )
-        if count < cfg.patch_len:
-            return new
-        mean = std = None
-        if cfg.norm != "none":
-            mean, std = moments_to_stats(s0, s1, s2, cfg.norm_eps)  # (B, N)
-        patch = buffer[:, buffer.shape[1] - cfg.patch_len :].transpose(1, 2).unsqueeze(1)  # (B, 1, N, P)
-        z = self._normalise(patch, None if mean is None else mean.unsqueeze(1), None if std is None else std.unsqueeze(1))
-        if state.start is not None:
-            idx = state.start.view(B, 1) + (count - cfg.patch_len) + torch.arange(cfg.patch_len, device=z.device)
-            z = z - self._cycle_at(idx).transpose(1, 2).unsqueeze(1)  # (B, P, N) -> (B, 1, N, P)
-        h = self._tokens(z)
-        phase = count % cfg.stride
-        layer_states = []
-        for blk, st in zip(self.blocks, state.phases[phase]):
-            h, st = blk(h, st, output_state=True)
-            layer_states.append(st)
-        phases = list(state.phases)
-        phases[phase] = layer_states
-        new.phases, new.last_hidden, new.last_mean, new.last_std = phases, h[:, -1], mean, std
-        return new
-
-    @torch.no_grad()
-    def forecast(self, state: ForecasterState) -> Tensor:
-        """The next ``pred_len`` steps after the observations fed so far: (B, H, N)."""
-        self._check_state(state)
-        cfg = self.config
-        if state.last_hidden is None or state.count < self.min_history:
-            what = f"seq_len (linear_path={cfg.linear_path!r})" if cfg.linear_path != "none" else "patch_len"
-            raise ValueError(
-                f"state: expected at least {what}={self.min_history} observations before a forecast, got {state.count}"
-            )
-        next_index = None if state.start is None else state.start + state.count
-        window = state.buffer[:, state.buffer.shape[1] - cfg.seq_len :] if cfg.linear_path != "none" else None
-        return self._decode(state.last_hidden, state.last_mean, state.last_std, state.batch_size, next_index, window)
-
-    # ------------------------------------------------------------------ save / load
-    def _save_extra(self, directory: Path) -> None:
-        save_scaler(self, directory)
-
-    def _load_extra(self, directory: Path) -> None:
-        load_scaler(self, directory)
-
-

@@ -1,27 +1,21 @@
 """Causal language model made of VMI-SA blocks, with O(1)-state streaming generation.
 
 ``VMISAForCausalLM(VMISAConfig(...))``: token embedding -> ``depth`` residual blocks ->
-LayerNorm -> (tied) output projection. ``config.mixer`` picks the token mixer of every block,
-so the baselines share this class, its training harness and its generation code:
+LayerNorm -> (tied) output projection. ``config.mixer`` picks the token mixer of every block
+(:mod:`vmiseq.models.blocks`: "vmisa", or the "attention" / "gla" baselines), so the baselines
+share this class, its training harness and its generation code.
 
-- ``"vmisa"``: ``VMISABlock`` (causal ``VMISALayer`` + optional MLP). State per layer: a
-  ``VMISAState`` of fixed size (conv buffer + D-vector + position).
-- ``"attention"``: pre-norm Transformer block with causal SDPA attention (nanoGPT-like,
-  learned absolute positions). State: a growing ``KVCache``.
-- ``"gla"``: pre-norm block with multi-head gated linear attention. State: ``GLAState``.
-
-Generation prefills each prompt with the parallel (chunked) path, then advances one token
-at a time carrying only the per-layer states; prompts of different lengths are prefilled
-separately (grouped by length) so every row equals generating that prompt alone.
+This module holds the modelling: the parallel forward, ``prefill`` (a prompt through the
+parallel path, in chunks) and ``step`` (one token through every block's state). Sampling,
+streaming and ragged batches are in :mod:`vmiseq.models.generation`; the config in
+:mod:`vmiseq.models.lm_config`.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -29,113 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..saving import PretrainedMixin
-from ..layers.attention import CausalSelfAttention, KVCache
-from ..layers.block import MLP, VMISABlock
-from ..layers.dropout import Dropout, inference_context
-from ..layers.gla import GatedLinearAttention, GLAState
-from ..layers.state import VMISAState
-from ..layers.vmisa import ALPHA_MODES, DECAY_MODES
-from .sampling import check_chunk_size, check_generation_args, make_generator, sample_next
+from ..layers.dropout import Dropout
+from .blocks import MIXER_STATES, MIXERS, make_block
+from .generation import LMGenerationMixin, check_chunk_size, sample_next
+from .lm_config import VMISAConfig
 
-MIXERS = ("vmisa", "attention", "gla")
+__all__ = ["VMISAConfig", "VMISAForCausalLM", "LMState", "CausalLMOutput", "MIXERS", "sample_next"]
+
 TOKENIZER_DIR = "tokenizer"
-_STATE_TYPES = {"vmisa": VMISAState, "attention": KVCache, "gla": GLAState}
-
-
-@dataclass
-class VMISAConfig:
-    """Configuration of :class:`VMISAForCausalLM` (saved as JSON with the weights).
-
-    Attributes:
-        vocab_size: number of token ids.
-        dim: model width C. depth: number of blocks.
-        mixer: "vmisa" (the library's layer), "attention" (softmax Transformer baseline) or
-            "gla" (gated linear attention baseline).
-        expand: VMI-SA inner width D = expand * dim.
-        conv_kernel: causal depthwise conv size inside the VMI-SA / GLA mixer (1 disables it).
-        alpha: VMI-SA alpha mode: "input" (data-dependent, any length), "position" (a
-            learned table of ``max_len`` entries, the paper's choice) or "constant".
-        decay: VMI-SA forget gate: "input" (default: a per-token gate, bounded state on
-            streams of any length), "scalar" (per-channel constants, half-lives 4 to 4,096
-            tokens at init: its slow channels saturate on long streams, docs/lm.md "Long
-            streams") or None (the paper's plain prefix sum, for fixed-length inputs).
-        rank_mask: apply the paper's rank mask M.
-        norm: norm inside the VMI-SA layer ("layernorm", "rmsnorm", "none").
-        mlp_ratio: hidden width of each block's MLP as a multiple of dim (0: none).
-        dropout: dropout in the blocks and on the embeddings.
-        tie_embeddings: share the input embedding and the output projection.
-        n_heads: heads of the attention / GLA mixers.
-        max_len: longest sequence for ``alpha="position"`` and for learned positions.
-        pos_embedding: learned absolute position embedding (default: only for attention).
-        alpha_init, beta_per_channel: VMI-SA parameter options.
-        backend: VMI-SA operator backend ("auto", "naive", "torch", "triton").
-    """
-
-    vocab_size: int = 256
-    dim: int = 128
-    depth: int = 4
-    mixer: str = "vmisa"
-    expand: int = 1
-    conv_kernel: int = 4
-    alpha: str = "input"
-    decay: Optional[str] = "input"
-    rank_mask: bool = False
-    norm: str = "layernorm"
-    mlp_ratio: float = 2.0
-    dropout: float = 0.0
-    tie_embeddings: bool = True
-    n_heads: int = 4
-    max_len: Optional[int] = None
-    pos_embedding: Optional[bool] = None
-    alpha_init: float = 0.1
-    beta_per_channel: bool = False
-    backend: str = "auto"
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "dim", "depth", "expand", "conv_kernel", "n_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if self.mixer not in MIXERS:
-            raise ValueError(f"mixer: expected one of {MIXERS}, got {self.mixer!r}")
-        if self.alpha not in ALPHA_MODES:
-            raise ValueError(f"alpha: expected one of {ALPHA_MODES}, got {self.alpha!r}")
-        if self.decay not in DECAY_MODES:
-            raise ValueError(f"decay: expected one of {DECAY_MODES}, got {self.decay!r}")
-        for name in ("rank_mask", "tie_embeddings", "beta_per_channel"):
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
-        for name in ("mlp_ratio", "dropout", "alpha_init"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or isinstance(value, bool):
-                raise TypeError(f"{name}: expected a finite number, got {type(value).__name__} {value!r}")
-            if not math.isfinite(value):
-                raise ValueError(f"{name}: expected a finite number, got {value!r}")
-        if self.max_len is not None and (not isinstance(self.max_len, int) or isinstance(self.max_len, bool)):
-            raise TypeError(f"max_len: expected an int or None, got {type(self.max_len).__name__} {self.max_len!r}")
-        if self.pos_embedding is not None and not isinstance(self.pos_embedding, bool):
-            raise TypeError(f"pos_embedding: expected None or a bool, got {self.pos_embedding!r}")
-        if self.mlp_ratio < 0:
-            raise ValueError(f"mlp_ratio: expected >= 0, got {self.mlp_ratio}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
-        if self.pos_embedding is None:
-            self.pos_embedding = self.mixer == "attention"
-        needs_len = self.pos_embedding or (self.mixer == "vmisa" and self.alpha == "position")
-        if needs_len and (self.max_len is None or self.max_len <= 0):
-            raise ValueError(
-                f"max_len: learned positions (pos_embedding={self.pos_embedding}, alpha={self.alpha!r}) need a "
-                f"positive table size, got {self.max_len!r}"
-            )
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VMISAConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"config: unknown fields {unknown} (expected a subset of {sorted(names)})")
-        return cls(**d)
 
 
 @dataclass
@@ -214,37 +109,12 @@ class CausalLMOutput:
     state: Optional[LMState] = None
 
 
-class _PreNormBlock(nn.Module):
-    """``x + mixer(LN(x))`` then ``x + MLP(LN(x))`` (the Transformer / GLA baselines)."""
-
-    def __init__(self, dim: int, mixer: nn.Module, mlp_ratio: float, dropout: float) -> None:
-        super().__init__()
-        self.norm1, self.mixer = nn.LayerNorm(dim), mixer
-        self.mlp = None
-        if mlp_ratio > 0:
-            self.norm2 = nn.LayerNorm(dim)
-            self.mlp = MLP(dim, int(round(mlp_ratio * dim)), dropout)
-
-    def init_state(self, batch_size: int, device=None, dtype=None):
-        return self.mixer.init_state(batch_size, device, dtype)
-
-    def forward(self, x: Tensor, state=None, output_state: bool = False):
-        new_state = None
-        if output_state:
-            y, new_state = self.mixer(self.norm1(x), state, output_state=True)
-        else:
-            y = self.mixer(self.norm1(x), state)
-        x = x + y
-        if self.mlp is not None:
-            x = x + self.mlp(self.norm2(x))
-        return (x, new_state) if output_state else x
-
-
-class VMISAForCausalLM(PretrainedMixin, nn.Module):
+class VMISAForCausalLM(LMGenerationMixin, PretrainedMixin, nn.Module):
     """Causal language model with streaming generation (see the module docstring).
 
     ``model.tokenizer`` (a :class:`vmiseq.tokenizer.Tokenizer`, optional) is saved and loaded
-    with the weights.
+    with the weights. ``generate`` / ``generate_stream`` come from
+    :class:`~vmiseq.models.generation.LMGenerationMixin`.
     """
 
     config_class = VMISAConfig
@@ -271,30 +141,14 @@ class VMISAForCausalLM(PretrainedMixin, nn.Module):
             nn.init.normal_(self.lm_head.weight, std=0.02)
         self.tokenizer = None
 
+
+    # config fields passed on to every VMISALayer as they are
+    _LAYER_FIELDS = ("expand", "alpha", "rank_mask", "decay", "conv_kernel", "norm", "beta_per_channel", "alpha_init", "backend")
+
     def _make_block(self) -> nn.Module:
         c = self.config
-        if c.mixer == "vmisa":
-            return VMISABlock(
-                c.dim,
-                mlp_ratio=c.mlp_ratio,
-                dropout=c.dropout,
-                expand=c.expand,
-                causal=True,
-                alpha=c.alpha,
-                max_len=c.max_len if c.alpha == "position" else None,
-                rank_mask=c.rank_mask,
-                decay=c.decay,
-                conv_kernel=c.conv_kernel,
-                norm=c.norm,
-                beta_per_channel=c.beta_per_channel,
-                alpha_init=c.alpha_init,
-                backend=c.backend,
-            )
-        if c.mixer == "attention":
-            mixer = CausalSelfAttention(c.dim, c.n_heads, dropout=c.dropout)
-        else:
-            mixer = GatedLinearAttention(c.dim, c.n_heads, conv_kernel=c.conv_kernel, dropout=c.dropout)
-        return _PreNormBlock(c.dim, mixer, c.mlp_ratio, c.dropout)
+        max_len = c.max_len if c.alpha == "position" else None
+        return make_block(c, c.dim, self._LAYER_FIELDS, gla_conv_kernel=c.conv_kernel, max_len=max_len)
 
     # ------------------------------------------------------------------ helpers
     def num_parameters(self, non_embedding: bool = False) -> int:
@@ -331,7 +185,7 @@ class VMISAForCausalLM(PretrainedMixin, nn.Module):
                 f"state: expected the state of a {self.config.depth}-block {self.config.mixer!r} model, got one of a "
                 f"{len(state.layers)}-block {state.mixer!r} model: it comes from another model"
             )
-        kind = _STATE_TYPES[self.config.mixer]
+        kind = MIXER_STATES[self.config.mixer]
         for i, s in enumerate(state.layers):
             if not isinstance(s, kind):
                 raise TypeError(f"state.layers[{i}]: expected a {kind.__name__}, got {type(s).__name__}")
@@ -423,7 +277,7 @@ class VMISAForCausalLM(PretrainedMixin, nn.Module):
         x = self._embed(ids, state.position).squeeze(1)
         new_layers = []
         for block, s in zip(self.blocks, state.layers):
-            x, ns = block.step(x, s) if hasattr(block, "step") else _block_step(block, x, s)
+            x, ns = block.step(x, s)
             new_layers.append(ns)
         return self.lm_head(self.norm_f(x)), LMState(new_layers, self.config.mixer)
 
@@ -446,145 +300,6 @@ class VMISAForCausalLM(PretrainedMixin, nn.Module):
             state = out.state
         return out.logits[:, -1], state
 
-    # ------------------------------------------------------------------ generation
-    def generate(
-        self,
-        input_ids,
-        max_new_tokens: int = 100,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        eos_token_id: Optional[int] = None,
-        seed: Optional[int] = None,
-        streamer: Optional[Callable[[Tensor], None]] = None,
-        prefill_chunk_size: Optional[int] = 4096,
-    ):
-        """Sample ``max_new_tokens`` tokens after each prompt.
-
-        Args:
-            input_ids: a (B, L) LongTensor (prompts of equal length), or a list of 1-D
-                tensors / lists of ids (prompts of different lengths).
-            max_new_tokens: tokens to add (0 returns the prompts unchanged).
-            temperature: softmax temperature; 0 means greedy (argmax).
-            top_k: sample only among the k most likely tokens.
-            top_p: sample only from the smallest set whose probability reaches top_p.
-            eos_token_id: a row stops after producing it (later positions repeat it).
-            seed: seeds this call's private generator; None draws its seed from the global
-                RNG once (``torch.manual_seed`` makes the run repeatable).
-            streamer: called with the (B,) tensor of new tokens after every step.
-            prefill_chunk_size: prompts longer than this are prefilled in pieces (None: one).
-
-        The model's train/eval flag is neither read nor written: generation always runs
-        without dropout (inside ``inference_context``), so it may interleave with training
-        or with other generations, in any thread, and each stream gets the tokens it would
-        get alone.
-
-        Returns:
-            (B, L + max_new_tokens) LongTensor for tensor input; a list of 1-D tensors (each
-            prompt followed by its new tokens, cut after eos) for list input.
-        """
-        if streamer is not None and not callable(streamer):
-            raise TypeError(f"streamer: expected a callable or None, got {type(streamer).__name__}")
-        prompts, as_tensor = self._normalise_prompts(input_ids)
-        pieces = [[] for _ in prompts]
-        for tokens in self.generate_stream(
-            prompts, max_new_tokens, temperature, top_k, top_p, eos_token_id, seed, prefill_chunk_size
-        ):
-            if streamer is not None:
-                streamer(tokens)
-            for row, t in enumerate(tokens.tolist()):
-                pieces[row].append(t)
-        outs = [torch.cat([p, torch.tensor(new, dtype=torch.long, device=p.device)]) for p, new in zip(prompts, pieces)]
-        if as_tensor:
-            width = len(prompts[0]) + max_new_tokens
-            fill = eos_token_id if eos_token_id is not None else 0
-            return torch.stack([F.pad(o, (0, width - len(o)), value=fill) for o in outs])
-        if eos_token_id is not None:
-            outs = [_cut_after(o, eos_token_id, len(p)) for o, p in zip(outs, prompts)]
-        return outs
-
-    def _normalise_prompts(self, input_ids) -> tuple[list[Tensor], bool]:
-        device = self.tok_emb.weight.device
-        if isinstance(input_ids, Tensor):
-            if input_ids.dim() == 1:
-                input_ids = input_ids.unsqueeze(0)
-            ids = self._check_ids(input_ids)
-            if ids.shape[1] == 0:
-                raise ValueError("input_ids: expected a non-empty prompt, got 0 tokens")
-            return [row.to(device) for row in ids], True
-        if not isinstance(input_ids, (list, tuple)) or not input_ids:
-            raise ValueError(f"input_ids: expected a (B, L) tensor or a non-empty list of prompts, got {input_ids!r}")
-        prompts = []
-        for i, p in enumerate(input_ids):
-            t = p if isinstance(p, Tensor) else _ids_tensor(p, f"input_ids[{i}]")
-            if t.dim() != 1 or t.numel() == 0:
-                raise ValueError(f"input_ids[{i}]: expected a non-empty 1-D list of token ids, got shape {tuple(t.shape)}")
-            prompts.append(self._check_ids(t.unsqueeze(0), f"input_ids[{i}]")[0].to(device))
-        return prompts, False
-
-    @torch.no_grad()
-    def generate_stream(
-        self,
-        input_ids,
-        max_new_tokens: int = 100,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        eos_token_id: Optional[int] = None,
-        seed: Optional[int] = None,
-        prefill_chunk_size: Optional[int] = 4096,
-    ) -> Iterator[Tensor]:
-        """Yield a (B,) LongTensor of new tokens per step (finished rows repeat ``eos_token_id``).
-
-        Same arguments as :meth:`generate`. The state stays O(1) per sequence for the VMI-SA
-        and GLA mixers whatever the number of tokens.
-        """
-        check_generation_args(
-            self.config.vocab_size, max_new_tokens, temperature, top_k, top_p, eos_token_id, seed, prefill_chunk_size
-        )
-        prompts, _ = self._normalise_prompts(input_ids)
-        if max_new_tokens == 0:
-            return
-        longest = max(len(p) for p in prompts)
-        self._check_length(longest + max_new_tokens - 1)
-        # This call's own generator, made at the stream's first next(): with seed=None its one
-        # draw from the global RNG happens then, whatever runs between later tokens.
-        gen = make_generator(seed, prompts[0].device) if temperature != 0 else None
-        # inference_context: no dropout for these calls only; self.training stays as it is
-        # (each context is set and reset between yields, never across one)
-        with inference_context():
-            logits, state = self._prefill_ragged(prompts, prefill_chunk_size)
-        done = torch.zeros(len(prompts), dtype=torch.bool, device=logits.device)
-        for i in range(max_new_tokens):
-            tok = sample_next(logits, temperature, top_k, top_p, gen)
-            if eos_token_id is not None:
-                tok = torch.where(done, torch.full_like(tok, int(eos_token_id)), tok)
-                done = done | (tok == int(eos_token_id))
-            yield tok
-            if i + 1 == max_new_tokens or (eos_token_id is not None and bool(done.all())):
-                break
-            with inference_context():
-                logits, state = self.step(tok, state)
-
-    def _prefill_ragged(self, prompts: list[Tensor], chunk_size: Optional[int]) -> tuple[Tensor, LMState]:
-        """Prefill prompts of any lengths; rows grouped by length run as one batch each, so
-        every row is computed exactly as if it were alone (no padding enters any state)."""
-        groups: dict[int, list[int]] = {}
-        for i, p in enumerate(prompts):
-            groups.setdefault(len(p), []).append(i)
-        if len(groups) == 1:
-            return self.prefill(torch.stack(prompts), chunk_size=chunk_size)
-        order, logits, states = [], [], []
-        for length, rows in groups.items():
-            lg, st = self.prefill(torch.stack([prompts[r] for r in rows]), chunk_size=chunk_size)
-            order.extend(rows)
-            logits.append(lg)
-            states.append(st)
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        inverse = inverse.to(logits[0].device)
-        return torch.cat(logits)[inverse], LMState.cat(states).select(inverse)
-
     # ------------------------------------------------------------------ saving
     def _save_extra(self, directory: Path) -> None:
         if self.tokenizer is not None:
@@ -600,24 +315,3 @@ class VMISAForCausalLM(PretrainedMixin, nn.Module):
                     f"{TOKENIZER_DIR}: the saved tokenizer has {self.tokenizer.vocab_size} ids, more than the model's "
                     f"vocab_size={self.config.vocab_size}"
                 )
-
-
-def _block_step(block: nn.Module, x_t: Tensor, state):
-    y, ns = block(x_t.unsqueeze(1), state, output_state=True)
-    return y.squeeze(1), ns
-
-
-def _ids_tensor(ids, name: str) -> Tensor:
-    """A list of ids -> a tensor with the dtype torch infers (floats stay floats, so that
-    ``_check_ids`` rejects them instead of truncating 1.5 to 1)."""
-    try:
-        t = torch.tensor(list(ids))
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"{name}: expected a list of int token ids, got {ids!r}") from exc
-    return t.long() if t.numel() == 0 else t
-
-
-def _cut_after(seq: Tensor, eos: int, start: int) -> Tensor:
-    hits = (seq[start:] == eos).nonzero()
-    return seq if hits.numel() == 0 else seq[: start + int(hits[0]) + 1]
-

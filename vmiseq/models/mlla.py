@@ -26,13 +26,14 @@ from torch import Tensor
 
 from ..saving import PretrainedMixin
 from ..layers.mlla import MLLABlock
-from .vminet import VMINet, _pair
+from .config import ModelConfig, int_pair, int_tuple, is_int
+from .vminet import VMINet
 
 __all__ = ["MLLA", "MLLAConfig", "convert_official_state_dict"]
 
 
 @dataclass
-class MLLAConfig:
+class MLLAConfig(ModelConfig):
     """Everything that defines an MLLA model; saved as JSON by ``save_pretrained``.
 
     Args:
@@ -58,17 +59,14 @@ class MLLAConfig:
     head_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        self.depths = tuple(int(d) for d in self.depths)
-        self.num_heads = tuple(int(h) for h in self.num_heads)
-        self.stem_strides = tuple(int(s) for s in self.stem_strides)
-        self.img_size = _pair(self.img_size, "img_size")
-        for name in ("embed_dim", "in_chans"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        self.depths = int_tuple(self.depths, "depths", "a sequence of ints (blocks per stage)")
+        self.num_heads = int_tuple(self.num_heads, "num_heads", "a sequence of ints (heads per stage)")
+        self.stem_strides = int_tuple(self.stem_strides, "stem_strides", "a sequence of two ints")
+        self.img_size = int_pair(self.img_size, "img_size")
+        self._check_positive_ints("embed_dim", "in_chans")
         if self.embed_dim % 4:
             raise ValueError(f"embed_dim: expected a multiple of 4 (2-D RoPE rotates channel pairs per axis), got {self.embed_dim}")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+        if not is_int(self.num_classes) or self.num_classes < 0:
             raise ValueError(f"num_classes: expected an int >= 0, got {self.num_classes!r}")
         if not self.depths or any(d <= 0 for d in self.depths):
             raise ValueError(f"depths: expected one positive block count per stage, got {self.depths}")
@@ -79,18 +77,7 @@ class MLLAConfig:
             raise ValueError(f"stem_strides: expected two strides in (1, 2), got {self.stem_strides}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio: expected a positive number, got {self.mlp_ratio}")
-        for name in ("drop_path_rate", "head_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name}: expected a rate in [0, 1), got {getattr(self, name)}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MLLAConfig":
-        """Build from a dict (e.g. the saved JSON); unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"config: unknown MLLAConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        self._check_rates("drop_path_rate", "head_dropout")
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -164,13 +151,7 @@ class MLLA(PretrainedMixin, nn.Module):
 
     def __init__(self, config: Optional[MLLAConfig] = None, **overrides: Any) -> None:
         super().__init__()
-        if config is None:
-            config = MLLAConfig(**overrides)
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
-        if not isinstance(config, MLLAConfig):
-            raise TypeError(f"config: expected an MLLAConfig, got {type(config).__name__}")
-        self.config = c = config
+        self.config = c = MLLAConfig.resolve(config, overrides)
         self.patch_embed = Stem(c.in_chans, c.embed_dim, c.stem_strides)
         n = sum(c.depths)
         dpr = [c.drop_path_rate * i / max(1, n - 1) for i in range(n)]  # as torch.linspace(0, rate, n)
@@ -226,7 +207,7 @@ class MLLA(PretrainedMixin, nn.Module):
         """Load a saved model; ``img_size`` only updates the nominal size (any size runs)."""
         model = super().from_pretrained(directory, map_location)
         if img_size is not None:
-            model.config = dataclasses.replace(model.config, img_size=_pair(img_size, "img_size"))
+            model.config = dataclasses.replace(model.config, img_size=int_pair(img_size, "img_size"))
         return model
 
 

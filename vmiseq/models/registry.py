@@ -115,7 +115,7 @@ def _ensure_builtin() -> None:
     _BUILTIN_DONE = True
     from .vminet import VMINet
 
-    # The paper's four variants (DESIGN.md §2): depths [2, 2, 18, 2], stem 32, 224 px.
+    # The paper's four variants (docs/design.md §2): depths [2, 2, 18, 2], stem 32, 224 px.
     paper = dict(depths=(2, 2, 18, 2), stem_dim=32, img_size=224)
     for name, C, k, desc in (
         ("vminet_ti", 24, 2, "VMINet-Ti: 2.0M params, 0.35 GMACs, ImageNet 70.7% (paper)"),

@@ -1,6 +1,6 @@
 """VMINet: the image backbone of the VMINet paper, built from the library's one ``VMISABlock``.
 
-Architecture (DESIGN.md §2, the official code)::
+Architecture (docs/design.md §2, the official code)::
 
     stem:   3x3 conv stride 2 (in_chans -> 32) + BatchNorm + ReLU6
     stage i (i = 0..3): 3x3 conv stride 2 (with bias) + BatchNorm, then depths[i] blocks
@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -35,141 +33,10 @@ from ..saving import PretrainedMixin
 from ..layers.block import VMISABlock
 from ..layers.fusion import fold_batchnorm, fold_batchnorm_into
 from ..layers.vmisa import VMISALayer, resize_alpha_table
+from .config import int_pair
+from .vminet_config import VMINetConfig, stage_grids
 
 __all__ = ["VMINet", "VMINetConfig", "stage_grids", "convert_official_state_dict"]
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _ints(value, name: str, what: str) -> tuple[int, ...]:
-    """A sequence of ints, as a tuple; strings and floats are an error (never parsed or cut)."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not all(_is_int(v) for v in value):
-        raise TypeError(f"{name}: expected {what}, got {value!r}")
-    return tuple(int(v) for v in value)
-
-
-def _pair(value, name: str) -> tuple[int, int]:
-    if _is_int(value):
-        value = (value, value)
-    value = _ints(value, name, "an int or an (H, W) pair of ints")
-    if len(value) != 2:
-        raise TypeError(f"{name}: expected an int or an (H, W) pair of ints, got {value!r}")
-    h, w = value
-    if h <= 0 or w <= 0:
-        raise ValueError(f"{name}: expected positive sizes, got {(h, w)}")
-    return h, w
-
-
-def _conv_out(size: int, stride: int) -> int:
-    """Output length of a 3x3 conv with padding 1."""
-    return (size - 1) // stride + 1
-
-
-@dataclass
-class VMINetConfig:
-    """Everything that defines a VMINet; saved as JSON by ``save_pretrained``.
-
-    Args:
-        base_dim: C, the width of the first stage (stage i has C * 2**i channels).
-        depths: blocks per stage (the number of stages is ``len(depths)``).
-        expand: k, the inner width D = k * C of each block (official ``mlp_ratio``).
-        stem_dim: channels of the stem conv (32 in every official variant).
-        stem_stride: stride of the stem conv (2 officially).
-        stage_strides: stride of each stage's down-sampling conv (2 officially).
-        img_size: (H, W) or an int the alpha tables are sized for.
-        in_chans: input channels. num_classes: classifier outputs (0: no classifier).
-        rank_mask: v2 (True, the paper's final model) or v1 (False).
-        out_norm: BatchNorm after g; None follows the version (v1: yes, v2: no).
-        drop_path_rate: stochastic depth, increased linearly to this rate over the blocks.
-        head_dropout: dropout before the classifier.
-        conv_kernel: depthwise conv size of the blocks (7 officially).
-        backend: operator backend for the VMI-SA sums ("auto", "naive", "torch").
-    """
-
-    base_dim: int = 24
-    depths: Sequence[int] = (2, 2, 18, 2)
-    expand: int = 2
-    stem_dim: int = 32
-    stem_stride: int = 2
-    stage_strides: Sequence[int] = (2, 2, 2, 2)
-    img_size: Union[int, Sequence[int]] = 224
-    in_chans: int = 3
-    num_classes: int = 1000
-    rank_mask: bool = True
-    out_norm: Optional[bool] = None
-    drop_path_rate: float = 0.0
-    head_dropout: float = 0.0
-    conv_kernel: int = 7
-    backend: str = "auto"
-
-    def __post_init__(self) -> None:
-        self.depths = _ints(self.depths, "depths", "a sequence of ints (blocks per stage)")
-        self.stage_strides = _ints(self.stage_strides, "stage_strides", "a sequence of ints (one stride per stage)")
-        self.img_size = _pair(self.img_size, "img_size")
-        for name in ("base_dim", "expand", "stem_dim", "stem_stride", "in_chans", "conv_kernel"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f"num_classes: expected an int >= 0, got {self.num_classes!r}")
-        if not self.depths or any(d <= 0 for d in self.depths):
-            raise ValueError(f"depths: expected one positive block count per stage, got {self.depths}")
-        if len(self.stage_strides) != len(self.depths) or any(s <= 0 for s in self.stage_strides):
-            raise ValueError(
-                f"stage_strides: expected {len(self.depths)} positive strides (one per stage in depths), "
-                f"got {self.stage_strides}"
-            )
-        for name in ("drop_path_rate", "head_dropout"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or isinstance(value, bool):
-                raise TypeError(f"{name}: expected a number in [0, 1), got {type(value).__name__} {value!r}")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate: expected a rate in [0, 1), got {self.drop_path_rate}")
-        if not 0.0 <= self.head_dropout < 1.0:
-            raise ValueError(f"head_dropout: expected a rate in [0, 1), got {self.head_dropout}")
-        if self.out_norm is not None and not isinstance(self.out_norm, bool):
-            raise TypeError(f"out_norm: expected None or a bool, got {self.out_norm!r}")
-        if not isinstance(self.rank_mask, bool):
-            raise TypeError(f"rank_mask: expected a bool, got {type(self.rank_mask).__name__} {self.rank_mask!r}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "VMINetConfig":
-        """Build from a dict (e.g. the saved JSON); unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"config: unknown VMINetConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-    @property
-    def use_out_norm(self) -> bool:
-        return (not self.rank_mask) if self.out_norm is None else self.out_norm
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        return tuple(self.base_dim * 2**i for i in range(len(self.depths)))
-
-    @property
-    def strides(self) -> tuple[int, ...]:
-        """Total stride of each stage's output w.r.t. the input (4, 8, 16, 32 officially)."""
-        out, s = [], self.stem_stride
-        for st in self.stage_strides:
-            s *= st
-            out.append(s)
-        return tuple(out)
-
-
-def stage_grids(config: VMINetConfig, img_size: Optional[Sequence[int]] = None) -> list[tuple[int, int]]:
-    """(H, W) of every stage's feature map for an input of ``img_size`` (default: the config's)."""
-    h, w = _pair(img_size if img_size is not None else config.img_size, "img_size")
-    h, w = _conv_out(h, config.stem_stride), _conv_out(w, config.stem_stride)
-    grids = []
-    for s in config.stage_strides:
-        h, w = _conv_out(h, s), _conv_out(w, s)
-        grids.append((h, w))
-    return grids
 
 
 class ConvBN(nn.Sequential):
@@ -213,13 +80,7 @@ class VMINet(PretrainedMixin, nn.Module):
 
     def __init__(self, config: Optional[VMINetConfig] = None, **overrides: Any) -> None:
         super().__init__()
-        if config is None:
-            config = VMINetConfig(**overrides)
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
-        if not isinstance(config, VMINetConfig):
-            raise TypeError(f"config: expected a VMINetConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = config = VMINetConfig.resolve(config, overrides)
         self.fused = False
         c = config
         self.stem = ConvBN(c.in_chans, c.stem_dim, 3, c.stem_stride, act=True)
@@ -293,7 +154,7 @@ class VMINet(PretrainedMixin, nn.Module):
 
         Replaces the table parameters: build the optimizer after calling this.
         """
-        new = _pair(img_size, "img_size")
+        new = int_pair(img_size, "img_size")
         new_grids = stage_grids(self.config, new)
         for stage, grid in zip(self.stages, new_grids):
             for block in stage.blocks:
@@ -381,7 +242,7 @@ class VMINet(PretrainedMixin, nn.Module):
     ) -> "VMINet":
         """Load a saved model; ``img_size`` re-sizes its alpha tables to another resolution."""
         model = super().from_pretrained(directory, map_location)
-        if img_size is not None and _pair(img_size, "img_size") != model.config.img_size:
+        if img_size is not None and int_pair(img_size, "img_size") != model.config.img_size:
             model.set_img_size(img_size)
         return model
 
