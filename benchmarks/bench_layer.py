@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    RESULTS_DIR, calibrate_memory, load, loglog_slope, memory_in_child, parse_size, peak_memory_mb, print_table,
-    save_plot, time_interleaved, write_json,
+    RESULTS_DIR, calibrate_memory, load, loglog_slope, memory_in_child, paired_ratio, parse_size, peak_memory_mb,
+    print_table, save_plot, time_interleaved, write_json,
 )
 
 from vmiseq import VMISALayer  # noqa: E402
@@ -103,7 +103,6 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="torch thread counts (default: 1 2)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds at most")
     p.add_argument("--budget", type=float, default=20.0, help="seconds of rounds per length (at least 2 rounds)")
-    p.add_argument("--stat", default="min", choices=["min", "median"], help="statistic over rounds (default: min)")
     p.add_argument("--quick", action="store_true", help="L = 256 .. 2k, few rounds: a smoke test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
@@ -133,10 +132,12 @@ def main(argv=None) -> list[dict]:
             fns = {"vmisa": layer_step(vmisa, B, L, args.dim), "attn": layer_step(attn, B, L, args.dim),
                    "linears": linears_step(vmisa, B, L), "scan": scan_step(B, L, D)}
             load_before = load()
-            t = {k: v[args.stat] for k, v in time_interleaved(fns, rounds=args.rounds, budget_s=args.budget).items()}
+            raw = time_interleaved(fns, rounds=args.rounds, budget_s=args.budget)
+            t = {k: v["median"] for k, v in raw.items()}
             row = {"threads": threads, "L": L, "vmisa_ms": t["vmisa"] * 1e3, "attn_ms": t["attn"] * 1e3,
-                   "speedup": t["attn"] / t["vmisa"], "over_linears": t["vmisa"] / t["linears"],
-                   "scan_share": t["scan"] / t["vmisa"], "vmisa_tok_s": B * L / t["vmisa"],
+                   "speedup": paired_ratio(raw["attn"], raw["vmisa"]),
+                   "over_linears": paired_ratio(raw["vmisa"], raw["linears"]),
+                   "scan_share": paired_ratio(raw["scan"], raw["vmisa"]), "vmisa_tok_s": B * L / t["vmisa"],
                    "vmisa_mem_mb": mem[f"vmisa_{L}"], "attn_mem_mb": mem[f"attn_{L}"]}
             row["mem_vs_attn"] = row["vmisa_mem_mb"] / max(row["attn_mem_mb"], 1e-9)
             row["load"] = (load_before + load()) / 2
@@ -160,7 +161,8 @@ def main(argv=None) -> list[dict]:
             "attn_mem_mb", "mem_vs_attn", "load"]
     print_table(rows, cols, title=f"forward+backward, B={args.batch}, C={args.dim} (VMI-SA D={D}, "
                                   f"{summary['vmisa_params']:,} params; attention {args.heads} heads, "
-                                  f"{summary['attention_params']:,} params); {args.stat} over interleaved rounds")
+                                  f"{summary['attention_params']:,} params); ms: median, ratios: median of per-round "
+                                  f"ratios over interleaved rounds")
     print(f"log-log cost slopes (L >= 1k): {summary['slopes']}")
     write_json(args.out.with_suffix(".json"), rows, args, summary=summary)
     series = {}

@@ -110,7 +110,8 @@ def time_interleaved(
         budget_s: stop once the rounds took this long in all (but never before ``min_rounds``).
 
     Returns:
-        name -> dict with ``min``, ``median``, ``max`` (seconds) and ``n`` (rounds).
+        name -> dict with ``min``, ``median``, ``max`` (seconds), ``n`` (rounds) and ``all``
+        (the time of every round, in round order: pair them with :func:`paired_ratio`).
     """
     _check_fair()
     names = list(fns)
@@ -130,7 +131,14 @@ def time_interleaved(
             spent += dt
         if budget_s is not None and spent >= budget_s and r + 1 >= min_rounds:
             break
-    return {n: {"min": min(t), "median": statistics.median(t), "max": max(t), "n": len(t)} for n, t in times.items()}
+    return {n: {"min": min(t), "median": statistics.median(t), "max": max(t), "n": len(t), "all": t}
+            for n, t in times.items()}
+
+
+def paired_ratio(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
+    """Median over rounds of a's time / b's time in the same round (from ``time_interleaved``):
+    a load change between rounds cancels out, which a ratio of two minima does not."""
+    return statistics.median(x / y for x, y in zip(a["all"], b["all"]))
 
 
 # ---------------------------------------------------------------------------- memory
