@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -73,7 +74,8 @@ def bench_config(B: int, L: int, D: int, beta_kind: str, mask: bool, args) -> di
     if not args.no_torch_loops or not cpu_scan.available():
         fns.update(loops_fwd=with_path(False, fwd), loops_fwdbwd=with_path(False, fwd_bwd))
     load_before = load()
-    t = time_interleaved(fns, rounds=args.rounds, warmup=1, budget_s=args.budget)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    t = time_interleaved(fns, rounds=args.rounds, warmup=1, budget_s=args.budget, clock=clock)
     row = {"threads": torch.get_num_threads(), "B": B, "L": L, "D": D, "beta": beta_kind, "mask": "on" if mask else "off"}
     stat = "median" if args.stat == "paired" else args.stat
     row["floor_ms"] = t["floor"][stat] * 1e3
@@ -82,6 +84,7 @@ def bench_config(B: int, L: int, D: int, beta_kind: str, mask: bool, args) -> di
             row[f"{name}_ms"] = val[stat] * 1e3
             row[f"{name}_x"] = paired_ratio(val, t["floor"]) if args.stat == "paired" else val[stat] / t["floor"][stat]
     row["rounds"] = t["floor"]["n"]
+    row["clock"] = args.clock
     row["load"] = (load_before + load()) / 2
     if "fwd_x" in row:
         row["met"] = "yes" if row["fwd_x"] <= FWD_TARGET and row["fwdbwd_x"] <= FWDBWD_TARGET else "no"
@@ -99,6 +102,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--budget", type=float, default=4.0, help="seconds of rounds per configuration (at least 2 rounds)")
     p.add_argument("--stat", default="paired", choices=["paired", "min", "median"],
                    help="ratio: median over rounds of the per-round ratio (paired, default), or of min / median times")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="wall time (default) or this process's CPU time (steadier on a busy machine; sums threads)")
     p.add_argument("--no-torch-loops", action="store_true", help="skip the torch-loop path (the comparison)")
     p.add_argument("--quick", action="store_true", help="small shapes and few rounds: a smoke test in seconds")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_ops", help="output path stem (.json and .png)")

@@ -100,6 +100,7 @@ def time_interleaved(
     warmup: int = 1,
     budget_s: float | None = None,
     min_rounds: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, dict[str, float]]:
     """Time several functions in interleaved rounds: every round calls each once, in an
     order rotated by one each round, so load changes and cache state hit all sides alike.
@@ -108,6 +109,9 @@ def time_interleaved(
         fns: name -> work (no arguments).
         rounds: rounds at most. warmup: untimed calls of each first.
         budget_s: stop once the rounds took this long in all (but never before ``min_rounds``).
+        clock: ``time.perf_counter`` (wall time, default) or ``time.process_time`` (CPU time
+            of this process: on one thread, the work itself, less disturbed by other
+            processes on a busy machine; with more threads it sums them).
 
     Returns:
         name -> dict with ``min``, ``median``, ``max`` (seconds), ``n`` (rounds) and ``all``
@@ -124,9 +128,9 @@ def time_interleaved(
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             gc.collect()
-            t0 = time.perf_counter()
+            t0 = clock()
             fns[name]()
-            dt = time.perf_counter() - t0
+            dt = clock() - t0
             times[name].append(dt)
             spent += dt
         if budget_s is not None and spent >= budget_s and r + 1 >= min_rounds:
