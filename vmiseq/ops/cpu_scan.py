@@ -25,6 +25,7 @@ numba is optional (``pip install vmiseq[fast]``); without it ``chunk.py`` runs t
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
@@ -244,18 +245,19 @@ def _np(x: Tensor) -> np.ndarray:
 
 
 _pool: Optional[ThreadPoolExecutor] = None
+_pool_pid = 0  # a forked child (DataLoader worker) inherits the pool object but not its threads
 
 
 def _run(calls: list) -> None:
     """Run kernel calls (each releases the GIL) on torch's thread count."""
-    global _pool
+    global _pool, _pool_pid
     threads = torch.get_num_threads()
     if threads <= 1 or len(calls) <= 1:
         for fn, args in calls:
             fn(*args)
         return
-    if _pool is None or _pool._max_workers < threads:
-        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vmiseq-scan")
+    if _pool is None or _pool._max_workers < threads or _pool_pid != os.getpid():
+        _pool, _pool_pid = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vmiseq-scan"), os.getpid()
     for f in [_pool.submit(fn, *args) for fn, args in calls]:
         f.result()
 
