@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the experiments' harness
-from common import RESULTS_DIR, print_table, write_json  # noqa: E402
+from common import RESULTS_DIR, load, print_table, write_json  # noqa: E402
 from harness import ArgumentProblem, run_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +59,7 @@ def main(argv=None) -> None:
             ]
             print(f"\n=== {mixer}, context {ctx}, batch {batch}, {steps} steps ===", flush=True)
             env = dict(os.environ, HF_DATASETS_OFFLINE="1")
+            load_before = load()  # the machine's load: a shared machine slows every run it overlaps
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stderr[-3000:])
@@ -68,10 +69,11 @@ def main(argv=None) -> None:
                 "mixer": mixer, "context": ctx, "batch": batch, "steps": steps, "params": res["params"],
                 "val_loss": res["val_loss"], "val_bpc": res["val_bpc"], "train_s": res["train_seconds"],
                 "train_cpu_s": res.get("train_cpu_seconds"), "step_ms": res.get("step_ms_median"),
+                "load": (load_before + load()) / 2,
             })
             print(f"{mixer}: val loss {res['val_loss']:.4f}, train {res['train_seconds']:.1f} s", flush=True)
             print(res.get("sample", "")[:300])
-    print_table(rows, ["mixer", "context", "batch", "steps", "params", "val_loss", "val_bpc", "train_s", "train_cpu_s", "step_ms"],
+    print_table(rows, ["mixer", "context", "batch", "steps", "params", "val_loss", "val_bpc", "train_s", "train_cpu_s", "step_ms", "load"],
                 title="Character-level tiny-shakespeare, same token budget per context")
     write_json(Path(args.out_dir) / "bench_lm.json", rows, args)
 

@@ -1,20 +1,26 @@
-"""Shared helpers for every benchmark: robust timing, peak memory, tables, JSON and plots.
+"""Shared helpers for every benchmark: fair timing, peak memory, tables, JSON and plots.
 
 Usage from a script in ``benchmarks/``::
 
-    from common import time_fn, peak_memory_mb, print_table, write_json, save_plot
+    from common import time_interleaved, memory_in_child, print_table, write_json, save_plot
 
-Timing rules (see the project's CPU etiquette): warm up first, take the median of several
-repeats, and report every figure as a ratio against a baseline timed in the same run.
+Timing rules (see the project's CPU etiquette): warm up first, time every side of a
+comparison in interleaved rounds (A, B, A, B, ... with the order rotating each round) so
+machine noise hits them alike, report the min and median over rounds and every figure as a
+ratio against a baseline timed in the same run, and record the machine load
+(``os.getloadavg``) with the numbers.
 
 Peak memory on CPU is measured as the process's peak resident set size (``VmHWM`` in
 ``/proc/self/status``) above the resident size just before the call, after resetting the
 high-water mark through ``/proc/self/clear_refs``. So that freed tensors really leave the
 resident set (and the next call's growth is visible), glibc is told to serve every
 allocation above 64 KiB with its own ``mmap`` (``mallopt(M_MMAP_THRESHOLD)``), which it
-returns to the OS on free. This counts every byte torch, BLAS and Python touch -- activations,
-saved tensors, workspaces -- and agrees with a known allocation to within a few hundred KiB
-(checked by ``calibrate_memory``). Linux only; elsewhere the peak is reported as NaN.
+returns to the OS on free. That setting makes every large allocation a fresh mmap with page
+faults, a cost that would fall on the side with more temporaries: so memory is measured in a
+process of its own (:func:`memory_in_child`) and the timing helpers refuse to run in a
+process where the setting was made. This counts every byte torch, BLAS and Python touch --
+activations, saved tensors, workspaces -- and agrees with a known allocation to within a few
+hundred KiB (checked by ``calibrate_memory``). Linux only; elsewhere the peak is NaN.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +40,18 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+_allocator_touched = False  # set once mallopt changed glibc's thresholds in this process
+
+
+def _check_fair() -> None:
+    if _allocator_touched:
+        raise RuntimeError("timing in a process whose allocator was reconfigured for a memory measurement: "
+                           "measure memory in its own process (memory_in_child)")
+
+
+def load() -> float:
+    """The machine's 1-minute load average (NaN where the OS has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 # ---------------------------------------------------------------------------- timing
@@ -57,6 +76,7 @@ def time_fn(
     Returns:
         dict with ``median``, ``min``, ``max`` (seconds) and ``n`` (timed calls).
     """
+    _check_fair()
     for _ in range(warmup):
         fn()
     times: list[float] = []
@@ -73,6 +93,58 @@ def time_fn(
     return {"median": statistics.median(times), "min": min(times), "max": max(times), "n": len(times)}
 
 
+def time_interleaved(
+    fns: Mapping[str, Callable[[], Any]],
+    *,
+    rounds: int = 5,
+    warmup: int = 1,
+    budget_s: float | None = None,
+    min_rounds: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, dict[str, float]]:
+    """Time several functions in interleaved rounds: every round calls each once, in an
+    order rotated by one each round, so load changes and cache state hit all sides alike.
+
+    Args:
+        fns: name -> work (no arguments).
+        rounds: rounds at most. warmup: untimed calls of each first.
+        budget_s: stop once the rounds took this long in all (but never before ``min_rounds``).
+        clock: ``time.perf_counter`` (wall time, default) or ``time.process_time`` (CPU time
+            of this process: on one thread, the work itself, less disturbed by other
+            processes on a busy machine; with more threads it sums them).
+
+    Returns:
+        name -> dict with ``min``, ``median``, ``max`` (seconds), ``n`` (rounds) and ``all``
+        (the time of every round, in round order: pair them with :func:`paired_ratio`).
+    """
+    _check_fair()
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    spent = 0.0
+    for r in range(max(rounds, min_rounds)):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            gc.collect()
+            t0 = clock()
+            fns[name]()
+            dt = clock() - t0
+            times[name].append(dt)
+            spent += dt
+        if budget_s is not None and spent >= budget_s and r + 1 >= min_rounds:
+            break
+    return {n: {"min": min(t), "median": statistics.median(t), "max": max(t), "n": len(t), "all": t}
+            for n, t in times.items()}
+
+
+def paired_ratio(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
+    """Median over rounds of a's time / b's time in the same round (from ``time_interleaved``):
+    a load change between rounds cancels out, which a ratio of two minima does not."""
+    return statistics.median(x / y for x, y in zip(a["all"], b["all"]))
+
+
 # ---------------------------------------------------------------------------- memory
 _M_MMAP_THRESHOLD = -3
 _M_TRIM_THRESHOLD = -1
@@ -80,8 +152,9 @@ _libc = None
 
 
 def _glibc():
-    global _libc
+    global _libc, _allocator_touched
     if _libc is None:
+        _allocator_touched = True
         try:
             _libc = ctypes.CDLL("libc.so.6")
             # Fixed thresholds (this also turns off glibc's dynamic threshold growth).
@@ -127,6 +200,17 @@ def peak_memory_mb(fn: Callable[[], Any]) -> float:
     fn()
     peak = _status_kib("VmHWM")
     return max(0, peak - base) / 1024.0
+
+
+def memory_in_child(argv: Sequence[str], timeout_s: float = 1800) -> Any:
+    """Run ``python argv...`` (a benchmark script in its memory-only mode) in a fresh
+    process and return the JSON it prints on its last stdout line. The child may change the
+    allocator (``peak_memory_mb``); the parent that times stays untouched."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child {argv} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def calibrate_memory(mb: int = 64) -> float:

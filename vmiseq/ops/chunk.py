@@ -1,28 +1,24 @@
-"""The vectorised PyTorch backend: a fused, chunked scan that is the CPU default.
+"""The vectorised PyTorch backend: a fused, chunked scan (the CPU path without numba).
 
-Why it looks like this (measured on a 2-core CPU, see ``docs/core.md``): a plain
-``torch.cumsum`` over L costs ~5x an element-wise product, and every extra full-size
-temporary (``z = q*v``, ``alpha*z``, the masked ``h``, ``beta*z``...) is one more trip
-through memory. So the sequence is cut into ``n`` chunks of ``C`` tokens, viewed as
-(B, n, C, D) without copying, and the scan runs as a loop over the ``C`` positions of a
-chunk, vectorised over all ``n`` chunks at once. Each step works on a (B, n, D) slice that
-stays in cache, so ``z_t``, ``h_t`` and the masked output never exist as full tensors:
+Where numba is installed, the compiled one-pass scan of ``cpu_scan.py`` replaces these
+loops on CPU (same recurrence, same autograd Function below); this module stays the
+dependency-free path and the form the compiled one is checked against.
 
-* pass 1 reads q and v once and produces the chunk totals ``sum_i alpha_i z_i``
-  (with decay: the chunk-local final states and the chunk's decay product);
-* the n totals are scanned (a cumsum, or this same scan recursively with decay);
-* pass 2 reads q and v again, starts each chunk from its exact carried state and writes
-  ``y_t = M_t * h_t + beta * z_t`` straight into the output.
+Why it looks like this: a plain ``torch.cumsum`` over L costs ~5x an element-wise product,
+and every extra full-size temporary is one more trip through memory. So the sequence is cut
+into ``n`` chunks of ``C`` tokens, viewed as (B, n, C, D) without copying, and the scan runs
+as a loop over the ``C`` positions of a chunk, vectorised over all ``n`` chunks at once:
+pass 1 reads q and v and produces the chunk totals (with decay: the chunk-local final states
+and decay products); the n totals are scanned; pass 2 reads q and v again, starts each chunk
+from its exact carried state and writes ``y_t = M_t * h_t + beta * z_t`` into the output.
 
-Forward memory traffic is ~5 tensor passes against 3 for the element-wise floor ``q * v``.
-The backward (``_ScanFunction``, hand-written per DESIGN.md §1) is the same pattern run
+The backward (``_ScanFunction``, hand-written per docs/design.md §1) is the same pattern run
 backwards: a reverse scan of the masked upstream gradient, fused with dq, dv, dalpha and
 dbeta; it saves only q, v, alpha (and the states when a decay gate is learned), never z.
-Tokens that do not fill a last chunk are handled by the same code as one short chunk.
 
-Inputs arrive validated and normalised by :mod:`vmiseq.ops.vmisa`: ``alpha`` and ``decay``
-are (B|1, L, 1|D), ``beta`` is () or (D,), ``positions`` (B|1, 1) absolute positions of
-the first token, everything in the accumulation dtype.
+Inputs arrive validated and normalised by the dispatcher (``vmisa_scan``): ``alpha`` and
+``decay`` are (B|1, L, 1|D), ``beta`` is () or (D,), ``positions`` (B|1, 1) absolute
+positions of the first token, everything in the accumulation dtype.
 """
 from __future__ import annotations
 
@@ -31,12 +27,18 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import cpu_scan
 from .naive import rank_mask
 
-# Each vectorised step touches a (B, n, D) slice of about this many elements: large enough
-# that per-op overhead (a few microseconds) is small, small enough to stay in L2.
+# Elements of the (B, n, D) slice one vectorised step touches: per-op overhead vs cache.
 SLICE_ELEMENTS = 1 << 17
 MAX_CHUNK = 128
+# False forces the torch loops where the compiled scan (cpu_scan.py) is installed: the tests
+CPU_KERNEL = True  # check both against the naive loop.
+
+
+def _compiled(q: Tensor) -> bool:
+    return CPU_KERNEL and cpu_scan.available() and q.device.type == "cpu"
 
 
 def choose_chunk(B: int, L: int, D: int) -> int:
@@ -52,9 +54,7 @@ class _Block:
 
     def __init__(self, start: int, n: int, C: int, tensors: dict[str, Optional[Tensor]], pmin: int) -> None:
         self.start, self.n, self.C, self.pmin = start, n, C, pmin
-        self.t = {
-            k: (None if x is None else x[:, start : start + n * C].unflatten(1, (n, C))) for k, x in tensors.items()
-        }
+        self.t = {k: (None if x is None else x[:, start : start + n * C].unflatten(1, (n, C))) for k, x in tensors.items()}
 
     def __getitem__(self, key: str) -> Optional[Tensor]:
         return self.t[key]
@@ -284,7 +284,11 @@ class _ScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, v, alpha, beta, h0, decay, positions, use_mask):
         need_states = decay is not None and ctx.needs_input_grad[5]
-        y, final, states = _scan_forward(q, v, alpha, beta, h0, positions, use_mask, decay, save_states=need_states)
+        ctx.compiled = _compiled(q)
+        if ctx.compiled:
+            y, final, states = cpu_scan.forward(q, v, alpha, beta, h0, positions, use_mask, decay, need_states)
+        else:
+            y, final, states = _scan_forward(q, v, alpha, beta, h0, positions, use_mask, decay, save_states=need_states)
         ctx.save_for_backward(q, v, alpha, beta, h0, decay, positions, states)
         ctx.use_mask = use_mask
         return y, final
@@ -294,6 +298,12 @@ class _ScanFunction(torch.autograd.Function):
         q, v, alpha, beta, h0, decay, positions, states = ctx.saved_tensors
         nq, nv, nal, nbeta, nh0, nd = ctx.needs_input_grad[:6]
         B, L, D = q.shape
+        if ctx.compiled:
+            needs = ctx.needs_input_grad[:6]
+            dq, dv, dal, dbeta, dh0, dd = cpu_scan.backward(
+                q, v, alpha, beta, h0, positions, ctx.use_mask, decay, states, gy, gfinal, needs)
+            return (dq, dv, _batch_sum(dal, alpha, B), dbeta, dh0 if nh0 else None, _batch_sum(dd, decay, B),
+                    None, None)
         dq = torch.empty_like(q) if nq else None
         dv = torch.empty_like(v) if nv else None
         dal = torch.empty(B, L, alpha.shape[-1], dtype=q.dtype, device=q.device) if nal else None
@@ -324,11 +334,14 @@ class _ScanFunction(torch.autograd.Function):
                 dbeta = part if dbeta is None else dbeta + part
             s_in = s[:, 0]
         dh0 = s_in if nh0 else None
-        if dal is not None and alpha.shape[0] == 1 and B != 1:
-            dal = dal.sum(dim=0, keepdim=True)
-        if dd is not None and decay.shape[0] == 1 and B != 1:
-            dd = dd.sum(dim=0, keepdim=True)
-        return dq, dv, dal, dbeta, dh0, dd, None, None
+        return dq, dv, _batch_sum(dal, alpha, B), dbeta, dh0, _batch_sum(dd, decay, B), None, None
+
+
+def _batch_sum(grad: Optional[Tensor], gate: Optional[Tensor], B: int) -> Optional[Tensor]:
+    """The gradient of a gate shared by the batch ((1, L, .)) is the sum over the batch."""
+    if grad is not None and gate.shape[0] == 1 and B != 1:
+        return grad.sum(dim=0, keepdim=True)
+    return grad
 
 
 def scan_chunk(
@@ -348,9 +361,10 @@ def scan_chunk(
     )
     if grad:
         return _ScanFunction.apply(q, v, alpha, beta, initial_state, decay, positions, use_rank_mask)
+    if _compiled(q):
+        return cpu_scan.forward(q, v, alpha, beta, initial_state, positions, use_rank_mask, decay)[:2]
     y, final, _ = _scan_forward(q, v, alpha, beta, initial_state, positions, use_rank_mask, decay)
     return y, final
-
 
 
 def global_chunk(
