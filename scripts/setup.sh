@@ -11,7 +11,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch and torchvision pinned as a pair that imports together (CPU or CUDA machines).
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install -q -e ".[train,hf,timm,dev]"
+.venv/bin/python -m pip install -q -e ".[train,hf,timm,dev,fast]"
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
