@@ -6,7 +6,8 @@ CPU "baby" budget (width 128, 4 blocks, batch 12 x context 64, 2,000 steps) and 
 mean next-token loss in log-spaced position bins over long held-out streams, the state
 carried in chunks of 512 tokens:
 
-- ``vmisa-streams``: the default VMI-SA LM (contiguous training streams, carried states)
+- ``vmisa-streams``: the default VMI-SA LM (contiguous training streams of 4 windows,
+  carried states); ``vmisa-streams-1024`` (not in the default list): streams of 16 windows
 - ``vmisa-windows``: the earlier default: decay "scalar", independent windows from the zero
   state (``--decay scalar --stream-length 0``); ``vmisa-input-windows`` (not in the default
   list) isolates the training: the new decay trained on windows
@@ -56,6 +57,7 @@ MODELS = {  # name -> experiments/lm.py flags
     "gla-windows": ["--mixer", "gla", "--stream-length", "0"],
     "attention": ["--mixer", "attention"],
     "vmisa-input-windows": ["--mixer", "vmisa", "--stream-length", "0"],  # ablation: new decay, old training
+    "vmisa-streams-1024": ["--mixer", "vmisa", "--stream-length", "1024"],  # ablation: longer streams, fewer fresh rows
 }
 DEFAULT_MODELS = "vmisa-streams,vmisa-windows,gla-streams,gla-windows,attention"
 CORPORA = {  # name -> (--data, stream length, long streams)
@@ -88,7 +90,7 @@ def train(name: str, corpus: str, out: Path, args) -> dict:
 
 def held_out_ids(corpus: str, model, cache: Path) -> np.ndarray:
     """Token ids of the held-out split, as experiments/lm.py makes it (last 10 %)."""
-    from vmiseq.data_text import load_text, split_text, tokenize_cached
+    from vmiseq.data.text import load_text, split_text, tokenize_cached
 
     _, val_text = split_text(load_text(CORPORA[corpus][0]), 0.1)
     return tokenize_cached(val_text, model.tokenizer, cache)
@@ -131,8 +133,8 @@ def load_run(run: Path, corpus: str):
     if (run / "model").is_dir() and (run / "results.json").is_file():
         model = VMISAForCausalLM.from_pretrained(run / "model")
         return model.eval(), json.loads((run / "results.json").read_text())["steps"]
-    from vmiseq.data_text import load_text
-    from vmiseq.tokenizer import Tokenizer
+    from vmiseq.data.text import load_text
+    from vmiseq.data.tokenizer import Tokenizer
 
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     hp = ckpt["hyper_parameters"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vmiseq.data_timeseries import StandardScaler
+from vmiseq.data.timeseries import StandardScaler
 from vmiseq.models import ForecasterConfig, VMISAForecaster
 from vmiseq.models.forecaster import DLinear, DLinearConfig, moments_to_stats, running_moments
 

@@ -7,7 +7,7 @@ import torch
 from vmiseq.cli import main as cli_main
 from vmiseq.models import VMISAConfig, VMISAForCausalLM
 from vmiseq.models.lm import sample_next
-from vmiseq.tokenizer import Tokenizer
+from vmiseq.data.tokenizer import Tokenizer
 
 V = 29
 MIXERS = {

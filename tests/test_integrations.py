@@ -8,7 +8,7 @@ import torch
 
 import vmiseq
 from vmiseq.models import VMISAConfig, VMISAForCausalLM
-from vmiseq.tokenizer import Tokenizer
+from vmiseq.data.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")

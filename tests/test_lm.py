@@ -9,7 +9,7 @@ import torch
 from vmiseq.layers.gla import GatedLinearAttention, gla_chunk, gla_naive
 from vmiseq.models import VMISAConfig, VMISAForCausalLM
 from vmiseq.models.lm import LMState
-from vmiseq.tokenizer import Tokenizer
+from vmiseq.data.tokenizer import Tokenizer
 
 V = 37
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from vmiseq import files
-from vmiseq.hub import PretrainedMixin
+from vmiseq.saving import PretrainedMixin
 
 TESTS = Path(__file__).resolve().parent
 
@@ -288,7 +288,7 @@ def test_deleted_tokenizer_folder_is_an_error(tmp_path):
     import shutil
 
     from vmiseq.models.lm import VMISAConfig, VMISAForCausalLM
-    from vmiseq.tokenizer import Tokenizer
+    from vmiseq.data.tokenizer import Tokenizer
 
     model = VMISAForCausalLM(VMISAConfig(vocab_size=32, dim=8, depth=1))
     model.tokenizer = Tokenizer.train_char("abcdef\n")
@@ -300,7 +300,7 @@ def test_deleted_tokenizer_folder_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("content", ['{"mean": [0.0, 1.0]}', '{"mean": [0, 0], "std": [1, 0]}', '[1, 2]', "not json"])
 def test_bad_scaler_json(tmp_path, content):
-    from vmiseq.data_timeseries import StandardScaler
+    from vmiseq.data.timeseries import StandardScaler
     from vmiseq.models import VMISAForecaster
     from vmiseq.models.forecaster import ForecasterConfig
 

@@ -112,7 +112,7 @@ class CausalLMOutput:
 class VMISAForCausalLM(LMGenerationMixin, PretrainedMixin, nn.Module):
     """Causal language model with streaming generation (see the module docstring).
 
-    ``model.tokenizer`` (a :class:`vmiseq.tokenizer.Tokenizer`, optional) is saved and loaded
+    ``model.tokenizer`` (a :class:`vmiseq.data.tokenizer.Tokenizer`, optional) is saved and loaded
     with the weights. ``generate`` / ``generate_stream`` come from
     :class:`~vmiseq.models.generation.LMGenerationMixin`.
     """
