@@ -81,9 +81,7 @@ def create_model(name: str, pretrained: Optional[Union[str, os.PathLike]] = None
         raise TypeError(f"name: expected a model name (str), got {type(name).__name__} {name!r}")
     entry = model_entry(name)
     if isinstance(pretrained, str) and pretrained == "official":
-        from ..pretrained import load_official
-
-        return load_official(name, **overrides)
+        return create_official(name, **overrides)
     if pretrained is not None:
         extra = sorted(set(overrides) - {"img_size", "num_classes"})
         if extra:
@@ -158,3 +156,26 @@ def _register_mlla() -> None:
              num_classes=10),
         "small 3-stage MLLA for 28x28 grayscale images (side by side with vminet_mnist)",
     )
+
+
+def create_official(name: str, checkpoint: Optional[Union[str, os.PathLike]] = None, **overrides: Any) -> nn.Module:
+    """``name`` with the weights its authors released (:mod:`vmiseq.models.official`).
+
+    Args:
+        name: a model with released weights. checkpoint: a local copy of the released file
+            (skips the download). **overrides: ``img_size`` (alpha tables are interpolated)
+            and ``num_classes`` (a new classifier); the rest is fixed by the checkpoint.
+    """
+    from .official import load_official_weights, official_weights
+
+    entry = official_weights(name)
+    extra = sorted(set(overrides) - {"img_size", "num_classes"})
+    if extra:
+        raise ValueError(f"overrides: with pretrained weights only img_size and num_classes can change, got {extra}")
+    model = load_official_weights(create_model(name, **entry.config), name, checkpoint)
+    if overrides.get("img_size") is not None:
+        model.set_img_size(overrides["img_size"])
+    n = overrides.get("num_classes")
+    if n is not None and n != model.config.num_classes:
+        model.reset_classifier(n)
+    return model
