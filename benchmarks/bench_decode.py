@@ -11,7 +11,7 @@ entries into float32 subnormals, which x86 CPUs process at a small fraction of f
 token should not depend on the position (flat from 100 to 100k); the Transformer's grows
 with its KV cache. State bytes are per sequence at that position.
 
-    flock /tmp/vmiseq-cpu.lock python benchmarks/bench_decode.py
+    python benchmarks/bench_decode.py
     python benchmarks/bench_decode.py --quick      # small sizes, a few seconds
 """
 from __future__ import annotations

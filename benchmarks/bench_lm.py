@@ -7,7 +7,7 @@ batch 12 x context 64, 2,000 steps. Longer contexts keep the same token budget (
 sequences per step). Each run is a separate process, one after the other, so the wall-clock
 columns compare like with like; the validation loss is over the whole held-out split.
 
-    flock /tmp/vmiseq-cpu.lock python benchmarks/bench_lm.py
+    python benchmarks/bench_lm.py
     python benchmarks/bench_lm.py --contexts 64 --mixers vmisa,attention --steps 200   # quicker
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main(argv=None) -> None:
                    help="extra experiments/lm.py flags for one mixer, e.g. 'vmisa=--lr 2e-3' (repeatable)")
     args = p.parse_args(argv)
     if not Path(args.data).is_file():
-        raise ArgumentProblem(f"--data: expected a text file, got {args.data!r} (not found; tiny-shakespeare is read from ../shared/data)")
+        raise ArgumentProblem(f"--data: expected a text file, got {args.data!r} (not found)")
     extra = {}
     for item in args.extra:
         mixer, _, flags = item.partition("=")

