@@ -10,9 +10,9 @@ Reported per horizon: MSE and MAE on the standardised test windows and the ratio
 to the 96-window MSE of the same model in the same run (the baseline); with the default
 two-path model also each path alone (``mse_blocks`` / ``mse_linear``).
 
-    python benchmarks/bench_length_forecast.py --data ETTh1 --runs runs/timeseries
+    python benchmarks/bench_length_forecast.py --data path/to/ETTh1.csv --runs runs/timeseries
     # no trained models yet: train them first (experiments/timeseries.py defaults)
-    python benchmarks/bench_length_forecast.py --data ETTh1 --train
+    python benchmarks/bench_length_forecast.py --data path/to/ETTh1.csv --train
 """
 from __future__ import annotations
 
