@@ -136,7 +136,9 @@ def load_run(run: Path, corpus: str):
     from vmiseq.data.text import load_text
     from vmiseq.data.tokenizer import Tokenizer
 
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    from vmiseq.checkpoints import load_checkpoint
+
+    ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")  # never unpickles code
     hp = ckpt["hyper_parameters"]
     if hp["args"].get("tokenizer", "char") != "char":
         raise SystemExit(f"{run}: only finished runs (model/) of BPE models can be measured")
